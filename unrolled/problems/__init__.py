@@ -1,0 +1,22 @@
+"""Problem definitions: operators, seeded data and their conventions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from unrolled.problems.base import Problem, seeded_generator
+from unrolled.problems.sparse_coding import SparseCoding, gaussian_operator
+
+PROBLEMS: dict[str, type[Problem]] = {SparseCoding.name: SparseCoding}
+
+
+def build_problem(spec: dict[str, Any]) -> Problem:
+    """Rebuild a problem from its :meth:`Problem.spec`; only names registered in ``PROBLEMS`` are accepted."""
+    spec = dict(spec)
+    name = spec.pop("name", None)
+    if name not in PROBLEMS:
+        raise ValueError(f"unknown problem {name!r}; expected one of {sorted(PROBLEMS)}.")
+    return PROBLEMS[name](**spec)
+
+
+__all__ = ["PROBLEMS", "Problem", "SparseCoding", "build_problem", "gaussian_operator", "seeded_generator"]
