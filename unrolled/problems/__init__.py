@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from unrolled.problems.base import Problem, seeded_generator
+from unrolled.problems.image_patches import ImagePatchCS
 from unrolled.problems.sparse_coding import SparseCoding, gaussian_operator
 
-PROBLEMS: dict[str, type[Problem]] = {SparseCoding.name: SparseCoding}
+PROBLEMS: dict[str, type[Problem]] = {SparseCoding.name: SparseCoding, ImagePatchCS.name: ImagePatchCS}
 
 
 def build_problem(spec: dict[str, Any]) -> Problem:
@@ -19,4 +20,4 @@ def build_problem(spec: dict[str, Any]) -> Problem:
     return PROBLEMS[name](**spec)
 
 
-__all__ = ["PROBLEMS", "Problem", "SparseCoding", "build_problem", "gaussian_operator", "seeded_generator"]
+__all__ = ["PROBLEMS", "ImagePatchCS", "Problem", "SparseCoding", "build_problem", "gaussian_operator", "seeded_generator"]

@@ -1,0 +1,174 @@
+"""Export, list and load trained networks: a ``.safetensors`` weights file beside a JSON model card.
+
+Loading never unpickles anything: weights come from safetensors, the card is JSON, the sha256 of the
+weights must match the card before any tensor is read, and the network class is looked up in
+:data:`models.registry.NETWORKS` by name, so a card cannot make the loader build an unregistered class.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from unrolled.layers import UnrolledISTA
+from unrolled.problems import Problem, build_problem
+
+from models.registry import build_network, unknown_name_error
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "model.safetensors"
+CARD_FILE = "model_card.json"
+CHECKPOINTS_ENV = "UNROLLED_ZOO_CHECKPOINTS"
+CARD_FORMAT = 1
+
+
+@dataclass
+class LoadedModel:
+    """A network with its card and the problem it was trained on (the test set regenerates from the seeds)."""
+
+    name: str
+    network: UnrolledISTA
+    problem: Problem
+    card: dict[str, Any]
+
+
+def checkpoints_dir() -> Path:
+    """Folder of the shipped checkpoints: ``$UNROLLED_ZOO_CHECKPOINTS`` or ``checkpoints/`` of this checkout."""
+    return Path(os.environ.get(CHECKPOINTS_ENV, Path(__file__).resolve().parents[1] / "checkpoints"))
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(temporary_path)`` and move the result onto ``path``, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        write(Path(temporary))
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def machine_description() -> dict[str, Any]:
+    """CPU, thread count, GPU (if any) and library versions, for model cards and reports."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as stream:
+            cpu = next(line.split(":", 1)[1].strip() for line in stream if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    versions = {}
+    for package in ("torch", "pytorch-lightning", "torchmetrics", "timm", "hydra-core", "safetensors"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "versions": versions,
+    }
+
+
+def export_model(
+    folder: Path,
+    network_name: str,
+    network: UnrolledISTA,
+    network_kwargs: dict[str, Any],
+    problem: Problem,
+    extra: dict[str, Any],
+    stem: str | None = None,
+) -> Path:
+    """Write ``<stem>.safetensors`` and ``<stem>.json`` (default: model.safetensors and model_card.json) atomically.
+
+    The card records the network name and constructor arguments, the problem spec with its seeds, the
+    sha256 of the weights and everything in ``extra`` (training config, test metrics per layer,
+    training time, hardware). The weights include the operator A (a buffer of the network).
+    Returns the card's path.
+    """
+    folder = Path(folder)
+    weights_path = folder / (f"{stem}.safetensors" if stem else WEIGHTS_FILE)
+    card_path = folder / (f"{stem}.json" if stem else CARD_FILE)
+    tensors = {key: value.detach().cpu().contiguous() for key, value in network.state_dict().items()}
+    write_atomic(weights_path, lambda path: save_file(tensors, str(path)))
+    card = {
+        "format": CARD_FORMAT,
+        "network": network_name,
+        "n_layers": network.n_layers,
+        "network_kwargs": network_kwargs,
+        "problem": problem.spec(),
+        "weights_file": weights_path.name,
+        "sha256": sha256_file(weights_path),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_description(),
+        **extra,
+    }
+    write_atomic(card_path, lambda path: path.write_text(json.dumps(card, indent=2) + "\n"))
+    return card_path
+
+
+def load_card_and_network(card_path: Path, name: str) -> LoadedModel:
+    """Load the network described by ``card_path`` after checking the sha256 of its weights file."""
+    card = json.loads(Path(card_path).read_text())
+    if Path(card["weights_file"]).name != card["weights_file"]:
+        raise ValueError(f"weights_file in {card_path} must be a plain file name, got {card['weights_file']!r}.")
+    weights_path = Path(card_path).parent / card["weights_file"]
+    actual = sha256_file(weights_path)
+    if actual != card["sha256"]:
+        raise ValueError(
+            f"sha256 of {weights_path} is {actual}, but its card {card_path} records {card['sha256']}; "
+            "the file is corrupt or was replaced. Nothing was loaded: restore the file or re-export the model."
+        )
+    state = load_file(str(weights_path))
+    network = build_network(card["network"], state["A"], card["n_layers"], **card["network_kwargs"])
+    network.load_state_dict(state, strict=True)
+    network.eval()
+    return LoadedModel(name=name, network=network, problem=build_problem(card["problem"]), card=card)
+
+
+def load_run(folder: str | Path) -> LoadedModel:
+    """Load the model exported by ``train.py`` into its run folder."""
+    folder = Path(folder)
+    card_path = folder / CARD_FILE
+    if not card_path.is_file():
+        raise FileNotFoundError(f"no {CARD_FILE} in {folder}; expected the run folder of a finished train.py run.")
+    return load_card_and_network(card_path, folder.name)
+
+
+def list_pretrained() -> list[str]:
+    """Names of the shipped pretrained models (``model.tag``), sorted."""
+    return sorted(path.stem for path in checkpoints_dir().glob("*.json"))
+
+
+def load_pretrained(name: str) -> LoadedModel:
+    """Load the shipped model ``name`` (see :func:`list_pretrained`) offline, with sha256 verification."""
+    known = list_pretrained()
+    if name not in known:
+        raise unknown_name_error("pretrained model", name, known)
+    return load_card_and_network(checkpoints_dir() / f"{name}.json", name)
