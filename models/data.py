@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytorch_lightning as pl
@@ -9,6 +10,24 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from unrolled.problems import Problem
+from unrolled.problems.base import EpochSampler
+
+
+class TrainerEpochSampler(EpochSampler):
+    """:class:`EpochSampler` that reads its epoch from ``trainer.current_epoch`` when iteration starts.
+
+    Lightning passes ``set_epoch`` its count of processed epochs. After a resume from an end-of-epoch
+    checkpoint of a ``max_steps`` run, that count is one ahead of ``current_epoch``
+    (pytorch-lightning 2.6), so the resumed run would draw other batches than the uninterrupted one.
+    """
+
+    def __init__(self, steps_per_epoch: int, trainer: pl.Trainer) -> None:
+        super().__init__(steps_per_epoch)
+        self.trainer = trainer
+
+    def __iter__(self) -> Iterator[int]:
+        self.epoch = self.trainer.current_epoch
+        return super().__iter__()
 
 
 class ProblemDataModule(pl.LightningDataModule):
@@ -31,8 +50,10 @@ class ProblemDataModule(pl.LightningDataModule):
         self.eval_batch_size = eval_batch_size
 
     def train_dataloader(self) -> DataLoader:
-        rank = self.trainer.global_rank if self.trainer is not None else 0
-        return self.problem.train_loader(self.batch_size, self.steps_per_epoch, rank=rank)
+        if self.trainer is None:
+            return self.problem.train_loader(self.batch_size, self.steps_per_epoch)
+        loader = self.problem.train_loader(self.batch_size, self.steps_per_epoch, rank=self.trainer.global_rank)
+        return DataLoader(loader.dataset, batch_size=None, sampler=TrainerEpochSampler(self.steps_per_epoch, self.trainer))
 
     def _fixed_loader(self, split: str) -> DataLoader:
         y, x = self.problem.fixed_set(split)

@@ -136,7 +136,7 @@ def export_model(
 def load_card_and_network(card_path: Path, name: str) -> LoadedModel:
     """Load the network described by ``card_path`` after checking the sha256 of its weights file."""
     card = json.loads(Path(card_path).read_text())
-    if Path(card["weights_file"]).name != card["weights_file"]:
+    if Path(card["weights_file"]).name != card["weights_file"] or card["weights_file"] == "..":
         raise ValueError(f"weights_file in {card_path} must be a plain file name, got {card['weights_file']!r}.")
     weights_path = Path(card_path).parent / card["weights_file"]
     actual = sha256_file(weights_path)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import LearningRateMonitor
 
 from unrolled.problems import build_problem
 
@@ -49,6 +50,9 @@ def train(config: dict[str, Any], run_dir: Path, callbacks: list[pl.Callback], l
     problem = build_problem(config["problem"])
     module = build_module(config)
     data = ProblemDataModule(problem, **config["data"])
+    if not loggers:
+        # LearningRateMonitor raises at fit start without a logger, so logger=none would fail otherwise.
+        callbacks = [callback for callback in callbacks if not isinstance(callback, LearningRateMonitor)]
     trainer = pl.Trainer(**config["trainer"], callbacks=callbacks, logger=loggers, default_root_dir=str(run_dir))
 
     resume_from = last_checkpoint(run_dir) if config.get("resume") else None

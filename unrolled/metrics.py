@@ -19,12 +19,17 @@ from torchmetrics import Metric
 _MIN_RATIO = 1e-30
 
 
+def _to_double(x: Tensor) -> Tensor:
+    """Cast to float64, or to complex128 for complex input, whose imaginary part a float64 cast would drop."""
+    return x.to(torch.complex128 if x.is_complex() else torch.float64)
+
+
 def squared_errors(x_hat: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
     """Return per-sample ``‖x̂ − x‖²`` and ``‖x‖²`` in float64, reduced over the last dimension."""
     if x_hat.shape != x.shape:
         raise ValueError(f"x_hat and x must have the same shape, got {tuple(x_hat.shape)} and {tuple(x.shape)}.")
-    error = (x_hat.to(torch.float64) - x.to(torch.float64)).abs().square().sum(-1)
-    reference = x.to(torch.float64).abs().square().sum(-1)
+    error = (_to_double(x_hat) - _to_double(x)).abs().square().sum(-1)
+    reference = _to_double(x).abs().square().sum(-1)
     return error, reference
 
 

@@ -7,6 +7,8 @@ tensor or a per-entry tensor all work, and gradients flow to both ``x`` and ``th
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -36,6 +38,34 @@ def prox_l1(x: Tensor, threshold: Tensor | float) -> Tensor:
     return torch.sign(x) * torch.relu(x.abs() - threshold)
 
 
+def prox_l1_(x: Tensor, threshold: Tensor | float) -> Tensor:
+    r"""Soft-threshold ``x`` in place, outside autograd, and return it; the values are those of :func:`prox_l1`.
+
+    Real input uses :math:`x - \operatorname{clamp}(x, -\theta, \theta)`: two elementwise kernels and
+    one temporary, where :func:`prox_l1` runs five kernels that each allocate their output. Both
+    forms round identically, because for :math:`|x| > \theta` both compute :math:`\pm(|x| - \theta)`
+    with one rounding and elsewhere both give 0 (a NaN input stays NaN in both). The only
+    difference is the sign of zero (+0 here where :func:`prox_l1` gives −0 for negative inputs),
+    which compares equal. This form picks other subgradients at the kink, so it is meant for the
+    classical solvers: it raises ``RuntimeError`` when autograd would record it. Complex input is
+    thresholded by :func:`prox_l1` and copied back.
+
+    Args:
+        x: input, real or complex, any shape; overwritten with the result.
+        threshold: :math:`\theta \ge 0`, broadcastable to ``x`` without enlarging it.
+    """
+    threshold_requires_grad = isinstance(threshold, Tensor) and threshold.requires_grad
+    if torch.is_grad_enabled() and (x.requires_grad or threshold_requires_grad):
+        raise RuntimeError(
+            "prox_l1_ works in place outside autograd, but x or threshold requires grad; "
+            "use prox_l1, whose gradients at the kink are the documented ones."
+        )
+    if torch.is_complex(x):
+        return x.copy_(prox_l1(x, threshold))
+    negative = -threshold
+    return x.sub_(x.clamp(negative, threshold))
+
+
 def prox_l1_support_selection(x: Tensor, threshold: Tensor | float, bypass_fraction: float) -> Tensor:
     r"""Soft-thresholding with support selection: the largest entries by magnitude pass unchanged.
 
@@ -53,7 +83,9 @@ def prox_l1_support_selection(x: Tensor, threshold: Tensor | float, bypass_fract
     """
     if not 0.0 <= bypass_fraction <= 1.0:
         raise ValueError(f"bypass_fraction must lie in [0, 1], got {bypass_fraction}.")
-    n_bypass = int(bypass_fraction * x.shape[-1])
+    # Round before the floor: 1.2 * 9 / 100 is stored as 0.10799999999999998, and a bare int()
+    # would let 53 of 500 entries bypass instead of 54.
+    n_bypass = math.floor(round(bypass_fraction * x.shape[-1], 9))
     thresholded = prox_l1(x, threshold)
     if n_bypass == 0:
         return thresholded

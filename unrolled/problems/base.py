@@ -34,6 +34,8 @@ class Problem(abc.ABC):
 
     name: str
     A: Tensor
+    # Peak-to-peak range of ``signal(x)`` for PSNR; None where PSNR has no meaning (synthetic codes).
+    signal_range: float | None = None
     n_val: int
     n_test: int
     seeds: dict[str, int]

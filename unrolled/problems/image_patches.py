@@ -25,9 +25,11 @@ Gray conversion: 8-bit values are divided by 255. Colour images become
 :math:`0.2125 R + 0.7154 G + 0.0721 B`, the weights of ``skimage.color.rgb2gray`` in scikit-image 0.26,
 so gray values stay in [0, 1].
 
-Patch extraction: each patch is a ``patch_size`` × ``patch_size`` window whose top-left corner is drawn
-uniformly among all valid window positions of all images of the split. An image is therefore picked
-with probability proportional to its number of window positions. Training patches are drawn fresh
+Patch extraction: each patch is a ``patch_size`` × ``patch_size`` window drawn uniformly among all
+windows of all images of the split, so an image is picked with probability proportional to its
+number of windows. Windows whose pixels are all 0 are skipped, because an all-black patch has x = 0
+and its per-sample NMSE is undefined. With the default lists this removes 10,668 of the 247,009
+16 × 16 windows of ``astronaut`` (its black border) and nothing else. Training patches are drawn fresh
 from the generator passed to :meth:`ImagePatchCS.sample`. The validation and test sets are drawn the
 same way from their own seeds (:meth:`Problem.fixed_set`).
 
@@ -161,8 +163,24 @@ def _image_list(names: Sequence[str], argument: str) -> tuple[str, ...]:
     return names
 
 
+@functools.lru_cache(maxsize=None)
+def _nonblack_windows(name: str, patch_size: int) -> Tensor | None:
+    """Flat indices (row-major over window positions) of the windows of ``name`` with a non-zero pixel.
+
+    Returns None when every window qualifies. An all-black patch has x = 0, for which the per-sample
+    NMSE is undefined, so such windows are never sampled. The count of non-zero pixels per window
+    comes from an integer integral image, so the test is exact.
+    """
+    nonzero = np.pad((load_gray_image(name) > 0).astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    p = patch_size
+    count = nonzero[p:, p:] - nonzero[:-p, p:] - nonzero[p:, :-p] + nonzero[:-p, :-p]
+    if (count > 0).all():
+        return None
+    return torch.from_numpy(np.flatnonzero(count > 0))
+
+
 class _PatchPool:
-    """The gray images of one split, sampled uniformly over all window positions."""
+    """The gray images of one split, sampled uniformly over their windows that are not all black."""
 
     def __init__(self, names: tuple[str, ...], patch_size: int) -> None:
         self.images = [torch.tensor(load_gray_image(name)) for name in names]
@@ -170,31 +188,37 @@ class _PatchPool:
             if min(image.shape) < patch_size:
                 raise ValueError(f"patch_size={patch_size} exceeds the smaller side of image {name!r}, shape {tuple(image.shape)}.")
         self.patch_size = patch_size
-        self.n_cols = torch.tensor([image.shape[1] - patch_size + 1 for image in self.images])
-        n_rows = torch.tensor([image.shape[0] - patch_size + 1 for image in self.images])
-        n_positions = n_rows * self.n_cols
-        self.positions_end = torch.cumsum(n_positions, dim=0)
-        self.positions_start = self.positions_end - n_positions
+        self.window_index = [_nonblack_windows(name, patch_size) for name in names]
+
+        n_windows = []
+        for image, window_index in zip(self.images, self.window_index):
+            n_all = (image.shape[0] - patch_size + 1) * (image.shape[1] - patch_size + 1)
+            n_windows.append(n_all if window_index is None else len(window_index))
+        self.windows_end = torch.cumsum(torch.tensor(n_windows), dim=0)
+        self.windows_start = self.windows_end - torch.tensor(n_windows)
 
     def sample(self, n_samples: int, generator: torch.Generator) -> Tensor:
         """Draw ``n_samples`` flattened patches (n_samples, patch_size²), float64."""
-        total = int(self.positions_end[-1])
+        total = int(self.windows_end[-1])
         position = torch.randint(total, (n_samples,), generator=generator, dtype=torch.int64)
+        image_index = torch.searchsorted(self.windows_end, position, right=True)
 
-        # Map each flat position index to (image, top row, left column).
-        image_index = torch.searchsorted(self.positions_end, position, right=True)
-        offset = position - self.positions_start[image_index]
-        row = offset // self.n_cols[image_index]
-        col = offset % self.n_cols[image_index]
-
-        window = torch.arange(self.patch_size)
+        grid = torch.arange(self.patch_size)
         patches = torch.empty(n_samples, self.patch_size, self.patch_size, dtype=torch.float64)
         for k, image in enumerate(self.images):
             selected = (image_index == k).nonzero().squeeze(1)
             if selected.numel() == 0:
                 continue
-            rows = row[selected, None, None] + window[None, :, None]
-            cols = col[selected, None, None] + window[None, None, :]
+
+            # Map the position to the window's flat index, then to its top-left corner.
+            window = position[selected] - self.windows_start[k]
+            if self.window_index[k] is not None:
+                window = self.window_index[k][window]
+            n_cols = image.shape[1] - self.patch_size + 1
+            row, col = window // n_cols, window % n_cols
+
+            rows = row[:, None, None] + grid[None, :, None]
+            cols = col[:, None, None] + grid[None, None, :]
             patches[selected] = image[rows, cols]
         return patches.reshape(n_samples, -1)
 
@@ -215,9 +239,13 @@ class ImagePatchCS(Problem):
         D: orthonormal 2-D DCT basis, float64 (n, n), columns are atoms.
         A: the operator Φ D seen by the solvers, float64 (m, n).
         images: image names per split (``"train"``, ``"val"``, ``"test"``).
+        signal_range: 1.0, the range of the gray values and the PSNR data range.
     """
 
     name = "image_patches"
+    # Peak-to-peak range of signal(x): gray values lie in [0, 1]. The comparison report uses it as the
+    # data range of PSNR.
+    signal_range = 1.0
 
     def __init__(
         self,
@@ -251,7 +279,7 @@ class ImagePatchCS(Problem):
         for first, second in (("train", "val"), ("train", "test"), ("val", "test")):
             shared = sorted(set(self.images[first]) & set(self.images[second]))
             if shared:
-                raise ValueError(f"{first}_images and {second}_images share {shared}; the three splits must use disjoint images.")
+                raise ValueError(f"{first}_images and {second}_images share {shared}; the three splits must use disjoint images, so remove them from one list.")
 
         self.patch_size = patch_size
         self.snr_db = snr_db
@@ -260,11 +288,12 @@ class ImagePatchCS(Problem):
         self.n_val = n_val
         self.n_test = n_test
 
+        # The pools check patch_size against the image sizes, so they are built before the n × n basis.
+        self._pools = {split: _PatchPool(self.images[split], patch_size) for split in SPLITS}
         n = patch_size * patch_size
         self.Phi = torch.randn(m, n, generator=seeded_generator(operator_seed), dtype=torch.float64) / math.sqrt(m)
         self.D = dct2_basis(patch_size)
         self.A = self.Phi @ self.D
-        self._pools = {split: _PatchPool(self.images[split], patch_size) for split in SPLITS}
 
     def config(self) -> dict[str, Any]:
         return {

@@ -1,7 +1,7 @@
 """Plain-data results of a comparison report, and their conversion to and from JSON-ready dicts.
 
-Every class here holds only numbers, strings, lists, dicts and other result classes, so
-``report_from_dict(report_to_dict(report)) == report`` holds exactly after a JSON round trip
+Every class here contains only numbers, strings, lists, dicts and other result classes, so
+``report_from_dict(report_to_dict(report)) == report`` is exact after a JSON round trip
 (Python's ``json`` writes floats with ``repr``, which round-trips). NaN, for example the NMSE of a
 diverged network, is written as ``NaN``, the extension of JSON that Python's ``json`` reads back.
 """
@@ -42,7 +42,7 @@ class RegChoice:
 
 @dataclass
 class ClassicalRun:
-    """A traced run of ISTA or FISTA on a test set; ``trace`` entry k is the iterate after k iterations."""
+    """A traced run of ISTA or FISTA on a test set, where ``trace`` entry k describes the iterate after k iterations."""
 
     solver: str
     reg: float
@@ -102,15 +102,15 @@ class SolverComparison:
         iterations_to_reach: first iteration count whose aggregate test NMSE is at most the layer's,
             or None when ``max_iter`` iterations do not reach it.
         time_to_reach_s: the trace's ``time_s`` at that iteration (None when not reached).
-        nmse_db_at_k: aggregate NMSE after as many iterations as the layer count k.
-        nmse_db_per_sample_at_k: per-sample NMSE after k iterations.
+        nmse_db_at_k: aggregate NMSE after as many iterations as the layer count k (None when k > max_iter).
+        nmse_db_per_sample_at_k: per-sample NMSE after k iterations (None when k > max_iter).
     """
 
     solver: str
     iterations_to_reach: int | None
     time_to_reach_s: float | None
-    nmse_db_at_k: float
-    nmse_db_per_sample_at_k: float
+    nmse_db_at_k: float | None
+    nmse_db_per_sample_at_k: float | None
 
 
 @dataclass
@@ -133,7 +133,7 @@ class LayerResult:
 
 @dataclass
 class ModelResult:
-    """A model's per-layer test results; ``layers[k - 1]`` describes the first k layers."""
+    """Per-layer test results of a model, where ``layers[k - 1]`` describes the first k layers."""
 
     name: str
     problem_id: str

@@ -1,0 +1,88 @@
+"""Compare trained unrolled networks with ISTA and FISTA: ``python compare.py runs=[RUN_DIR] pretrained=[NAME]``.
+
+Hydra composes ``conf/compare.yaml``; the work is done by :func:`unrolled.report.make_report`. The
+output folder (Hydra's run folder unless ``output_dir`` is given) receives ``report.md``,
+``report.json`` and ``report.png``; the path of ``report.md`` is printed at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from models import hub
+from unrolled.report import ReportConfig, make_report
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> str:
+    """Map ``auto`` to ``cuda`` when a GPU is available, else to ``cpu``. Raise ValueError for a CUDA device without CUDA."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} was requested but CUDA is not available; use device=cpu or device=auto.")
+    return str(device)
+
+
+def reg_grid(grid: DictConfig) -> list[float]:
+    """Return the candidate ``reg`` values: ``grid.values`` when set, else ``num`` log-spaced values from ``start`` to ``stop``."""
+    if grid.get("values") is not None:
+        return [float(value) for value in grid["values"]]
+    if not (grid.start > 0 and grid.stop > 0 and grid.num >= 1):
+        raise ValueError(f"reg_grid needs start > 0, stop > 0 and num >= 1, got {OmegaConf.to_container(grid)}.")
+    return [float(value) for value in np.logspace(np.log10(grid.start), np.log10(grid.stop), int(grid.num))]
+
+
+def load_models(runs: list[str], pretrained: list[str]) -> list[hub.LoadedModel]:
+    """Load the run folders, then the pretrained models, in the order given."""
+    if not runs and not pretrained:
+        raise ValueError(
+            "no models to compare: pass runs=[RUN_DIR,...] (folders written by train.py) and/or "
+            f"pretrained=[NAME,...] (available: {', '.join(hub.list_pretrained()) or 'none'})."
+        )
+    models = [hub.load_run(path) for path in runs] + [hub.load_pretrained(name) for name in pretrained]
+    for model in models:
+        log.info("loaded %s: %s with %d layers", model.name, type(model.network).__name__, model.network.n_layers)
+    return models
+
+
+def report_config(cfg: DictConfig) -> ReportConfig:
+    """Translate the Hydra config into :class:`unrolled.report.ReportConfig`."""
+    return ReportConfig(
+        max_iter=int(cfg.max_iter),
+        reg_grid=tuple(reg_grid(cfg.reg_grid)),
+        val_size=int(cfg.val_size),
+        ista_reg=cfg.ista_reg,
+        fista_reg=cfg.fista_reg,
+        timing_repeats=int(cfg.timing_repeats),
+        image_iters=tuple(cfg.image_iters),
+        device=resolve_device(cfg.device),
+        progress=bool(cfg.progress),
+    )
+
+
+def run_compare(cfg: DictConfig) -> Path:
+    """Load the models named in ``cfg``, write the report into ``cfg.output_dir`` and return the path of ``report.md``."""
+    if cfg.get("num_threads"):
+        torch.set_num_threads(int(cfg.num_threads))
+    config = report_config(cfg)
+    models = load_models(list(cfg.runs), list(cfg.pretrained))
+    _, paths = make_report(models, Path(cfg.output_dir), config)
+    return paths["markdown"]
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="compare")
+def main(cfg: DictConfig) -> None:
+    markdown_path = run_compare(cfg)
+    print(f"Report: {markdown_path}")
+
+
+if __name__ == "__main__":
+    main()

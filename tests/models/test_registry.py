@@ -1,0 +1,192 @@
+"""Every registered network: build, forward on batch size 1 and a full batch, gradients; timm entry points."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import timm
+import torch
+
+import models
+from models import NETWORKS, build_network
+from models.hub import export_model
+from models.registry import register_network
+from unrolled.problems import SparseCoding
+
+N_LAYERS = 3
+
+# Layer slices whose gradient is zero by construction: LISTA's S multiplies the previous estimate,
+# which is x = 0 in layer 1, so S[0] never affects the output.
+ZERO_GRADIENT_LAYERS = {("lista", "S"): {0}}
+
+
+def _variants() -> list[tuple[str, dict]]:
+    """Every registered name with its defaults, plus each boolean option it accepts switched on and off."""
+    cases = []
+    for name in sorted(NETWORKS):
+        cases.append((name, {}))
+        parameters = inspect.signature(NETWORKS[name]).parameters
+        for option in ("tied", "support_selection"):
+            if option in parameters:
+                default = parameters[option].default
+                cases.append((name, {option: not default}))
+    return cases
+
+
+VARIANTS = _variants()
+VARIANT_IDS = [f"{name}-{'-'.join(f'{k}={v}' for k, v in kwargs.items()) or 'default'}" for name, kwargs in VARIANTS]
+
+
+def _batch(problem: SparseCoding, batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    y, x = problem.sample(batch_size, generator)
+    return y.to(torch.float32), x.to(torch.float32)
+
+
+def test_registry_has_lista_family():
+    assert {"lista", "lista_cp", "alista"} <= set(NETWORKS)
+
+
+@pytest.mark.parametrize(("name", "kwargs"), VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize("batch_size", [1, 16])
+def test_forward_shape_finite(small_problem, name, kwargs, batch_size):
+    network = build_network(name, small_problem.A.to(torch.float32), N_LAYERS, **kwargs)
+    y, _ = _batch(small_problem, batch_size, seed=0)
+
+    x_hats = network(y)
+
+    assert x_hats.shape == (N_LAYERS, batch_size, small_problem.n)
+    assert x_hats.dtype == torch.float32
+    assert torch.isfinite(x_hats).all()
+    assert x_hats[-1].abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", sorted(NETWORKS))
+def test_forward_single_vector(small_problem, name):
+    network = build_network(name, small_problem.A.to(torch.float32), N_LAYERS)
+    y, _ = _batch(small_problem, 4, seed=1)
+
+    single = network(y[2])
+
+    assert single.shape == (N_LAYERS, small_problem.n)
+    torch.testing.assert_close(single, network(y)[:, 2], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(NETWORKS))
+def test_forward_fewer_layers(small_problem, name):
+    network = build_network(name, small_problem.A.to(torch.float32), N_LAYERS)
+    y, _ = _batch(small_problem, 4, seed=2)
+
+    first_two = network(y, n_layers=2)
+
+    assert first_two.shape == (2, 4, small_problem.n)
+    assert torch.equal(first_two, network(y)[:2])
+
+
+@pytest.mark.parametrize(("name", "kwargs"), VARIANTS, ids=VARIANT_IDS)
+def test_gradients_finite_nonzero(small_problem, name, kwargs):
+    torch.manual_seed(0)
+    network = build_network(name, small_problem.A.to(torch.float32), N_LAYERS, **kwargs)
+    y, x = _batch(small_problem, 16, seed=3)
+
+    (network(y) - x).square().mean().backward()
+
+    parameters = dict(network.named_parameters())
+    assert parameters
+    for parameter_name, parameter in parameters.items():
+        assert parameter.grad is not None, parameter_name
+        assert torch.isfinite(parameter.grad).all(), parameter_name
+        assert parameter.grad.abs().sum() > 0, parameter_name
+        if parameter.shape[0] == N_LAYERS:
+            per_layer = parameter.grad.reshape(N_LAYERS, -1).abs().sum(1)
+            zero_layers = set(per_layer.eq(0).nonzero().flatten().tolist())
+            assert zero_layers == ZERO_GRADIENT_LAYERS.get((name, parameter_name), set()), parameter_name
+
+
+@pytest.mark.parametrize("name", sorted(NETWORKS))
+def test_buffers_not_learnable(small_problem, name):
+    network = build_network(name, small_problem.A.to(torch.float32), N_LAYERS)
+
+    parameter_names = {parameter_name for parameter_name, _ in network.named_parameters()}
+
+    assert "A" not in parameter_names
+    assert torch.equal(network.A, small_problem.A.to(torch.float32))
+
+
+def test_build_unknown_name(small_problem):
+    with pytest.raises(ValueError, match="unknown network 'lista_pc'") as error:
+        build_network("lista_pc", small_problem.A, N_LAYERS)
+
+    message = str(error.value)
+    assert "Close matches: " in message
+    assert "lista_cp" in message.split("Close matches: ")[1].split(".")[0]
+
+
+def test_build_unknown_name_no_match(small_problem):
+    with pytest.raises(ValueError, match="unknown network 'os.system'") as error:
+        build_network("os.system", small_problem.A, N_LAYERS)
+
+    assert "Close matches" not in str(error.value)
+    assert "Available: alista, lista, lista_cp" in str(error.value)
+
+
+def test_register_duplicate_name():
+    with pytest.raises(ValueError, match="network 'lista' is already registered to LISTA"):
+        register_network("lista", NETWORKS["alista"])
+
+
+@pytest.mark.parametrize("name", sorted(NETWORKS))
+def test_timm_registered(name):
+    assert name in timm.list_models()
+
+
+@pytest.mark.parametrize("name", sorted(NETWORKS))
+def test_timm_create_default(name):
+    network = timm.create_model(name)
+
+    assert isinstance(network, NETWORKS[name])
+    assert network.n_layers == 16
+    assert torch.equal(network.A, SparseCoding().A.to(torch.float32))
+
+
+@pytest.mark.parametrize("name", sorted(NETWORKS))
+def test_timm_create_with_operator(small_problem, name):
+    A = small_problem.A.to(torch.float32)
+    y, _ = _batch(small_problem, 2, seed=4)
+
+    network = timm.create_model(name, A=A, n_layers=2)
+
+    assert network.n_layers == 2
+    assert network(y).shape == (2, 2, small_problem.n)
+    assert torch.equal(network(y), build_network(name, A, 2)(y))
+
+
+def test_timm_pretrained_matches_hub(small_problem, zoo_checkpoints):
+    torch.manual_seed(5)
+    network = build_network("alista", small_problem.A.to(torch.float32), N_LAYERS, reg=0.2)
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.mul_(1 + 0.1 * torch.rand_like(parameter))
+    export_model(zoo_checkpoints, "alista", network, {"reg": 0.2}, small_problem, {}, stem="alista.tiny")
+    y, _ = _batch(small_problem, 8, seed=6)
+
+    from_timm = timm.create_model("alista.tiny", pretrained=True)
+    from_hub = models.load_pretrained("alista.tiny").network
+
+    assert isinstance(from_timm, NETWORKS["alista"])
+    assert from_timm.state_dict().keys() == from_hub.state_dict().keys()
+    for key, value in from_hub.state_dict().items():
+        assert torch.equal(from_timm.state_dict()[key], value), key
+    assert torch.equal(from_timm(y), from_hub(y))
+    assert torch.equal(from_timm(y), network(y))
+
+
+def test_timm_pretrained_without_tag():
+    with pytest.raises(ValueError, match=r"needs a tag naming the checkpoint, e\.g\. 'alista\.sc250x500_noiseless'"):
+        timm.create_model("alista", pretrained=True)
+
+
+def test_timm_pretrained_unknown_tag():
+    with pytest.raises(ValueError, match="unknown pretrained model 'lista_cp.missing'"):
+        timm.create_model("lista_cp.missing", pretrained=True)

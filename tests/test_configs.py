@@ -1,0 +1,194 @@
+"""Hydra configs: every experiment and group option composes, resolves and builds; the sweep of the docs expands."""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.loggers import CSVLogger
+
+from models import NETWORKS
+from models.module import UnrolledModule
+from models.training import build_module
+from unrolled.problems import PROBLEMS, build_problem
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
+EXPERIMENTS = sorted(path.stem for path in (CONFIG_DIR / "experiment").glob("*.yaml"))
+
+
+def _options(group: str) -> list[str]:
+    return sorted(path.stem for path in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def _job_config(cfg) -> dict:
+    """The resolved config without the groups that need a Hydra runtime, as train.py passes it on."""
+    config = OmegaConf.to_container(cfg, resolve=False)
+    for key in ("hydra", "callbacks", "logger"):
+        config.pop(key, None)
+    return OmegaConf.to_container(OmegaConf.create(config), resolve=True)
+
+
+# (model, snr_db, lr) of the shipped checkpoints; all are 16 layers on the 250 x 500 problem.
+SHIPPED = {
+    "alista_noiseless": ("alista", None, 1e-3),
+    "alista_snr40": ("alista", 40, 1e-3),
+    "lista_cp_noiseless": ("lista_cp", None, 5e-4),
+    "lista_cp_snr40": ("lista_cp", 40, 5e-4),
+}
+
+
+def test_defaults(compose_train):
+    cfg = compose_train([])
+
+    assert cfg.model.name == "alista"
+    assert cfg.problem.name == "sparse_coding"
+    assert cfg.problem.m == 250
+    assert cfg.problem.n == 500
+    assert cfg.trainer.accelerator == "auto"
+    assert cfg.seed == 0
+    assert cfg.resume is False
+    assert cfg.publish_as is None
+    assert cfg.run_name == "alista_16_sparse_coding"
+    assert cfg.hydra.job.chdir is False
+    assert cfg.hydra.run.dir.startswith("outputs/train/alista_16_sparse_coding/")
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_composes(compose_train, experiment):
+    cfg = compose_train([f"experiment={experiment}"])
+    config = _job_config(cfg)
+
+    assert config["model"]["name"] in NETWORKS
+    assert config["problem"]["name"] in PROBLEMS
+    assert f"{config['model']['name']}_{config['model']['n_layers']}" in config["run_name"]
+    assert isinstance(config["trainer"]["max_steps"], int)
+    assert config["trainer"]["max_steps"] >= config["data"]["steps_per_epoch"]
+    assert cfg.hydra.runtime.choices["model"] == config["model"]["name"]
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_publish_name(compose_train, experiment):
+    config = _job_config(compose_train([f"experiment={experiment}"]))
+
+    if experiment in SHIPPED:
+        assert config["publish_as"].startswith(f"{config['model']['name']}.")
+    else:
+        assert config["publish_as"] is None
+
+
+@pytest.mark.parametrize("experiment", sorted(SHIPPED))
+def test_experiment_values(compose_train, experiment):
+    model, snr_db, lr = SHIPPED[experiment]
+    noise = "noiseless" if snr_db is None else f"snr{snr_db}"
+
+    config = _job_config(compose_train([f"experiment={experiment}"]))
+
+    assert config["model"]["name"] == model
+    assert config["model"]["n_layers"] == 16
+    assert config["model"]["optim"]["lr"] == lr
+    assert config["problem"]["snr_db"] == snr_db
+    assert (config["problem"]["m"], config["problem"]["n"]) == (250, 500)
+    assert config["publish_as"] == f"{model}.sc250x500_{noise}"
+    assert config["run_name"] == f"{model}_16_sc250x500_{noise}"
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_builds_module(compose_train, experiment):
+    config = _job_config(compose_train([f"experiment={experiment}"]))
+
+    module = build_module(config)
+
+    assert isinstance(module.network, NETWORKS[config["model"]["name"]])
+    assert module.network.n_layers == config["model"]["n_layers"]
+    assert module.problem.spec() == config["problem"]
+
+
+@pytest.mark.parametrize("model", _options("model"))
+def test_model_option(compose_train, model):
+    config = _job_config(compose_train([f"model={model}"]))
+    network_parameters = inspect.signature(NETWORKS[model]).parameters
+    module_parameters = inspect.signature(UnrolledModule).parameters
+
+    assert config["model"]["name"] == model
+    assert config["model"]["loss"] in ("mse_last", "mse_all")
+    assert set(config["model"]["kwargs"]) <= set(network_parameters)
+    assert set(config["model"]["optim"]) <= set(module_parameters)
+
+
+def test_model_options_cover_registry():
+    assert _options("model") == sorted(NETWORKS)
+
+
+@pytest.mark.parametrize("problem", _options("problem"))
+def test_problem_option(compose_train, problem):
+    config = _job_config(compose_train([f"problem={problem}"]))
+
+    rebuilt = build_problem(config["problem"])
+
+    assert rebuilt.spec() == config["problem"]
+
+
+@pytest.mark.parametrize(("trainer", "accelerator"), [("default", "auto"), ("cpu", "cpu"), ("gpu", "gpu")])
+def test_trainer_option(compose_train, trainer, accelerator):
+    config = _job_config(compose_train([f"trainer={trainer}"]))
+
+    assert config["trainer"]["accelerator"] == accelerator
+    assert set(config["trainer"]) <= set(inspect.signature(pl.Trainer).parameters)
+
+
+def test_trainer_options_listed():
+    assert _options("trainer") == ["cpu", "default", "gpu"]
+
+
+def test_callbacks_instantiate(compose_train, tmp_path):
+    cfg = compose_train([], run_dir=tmp_path)
+
+    callbacks = {name: instantiate(node) for name, node in cfg.callbacks.items()}
+
+    assert isinstance(callbacks["model_checkpoint"], ModelCheckpoint)
+    assert isinstance(callbacks["lr_monitor"], LearningRateMonitor)
+    assert isinstance(callbacks["progress_bar"], TQDMProgressBar)
+    assert callbacks["model_checkpoint"].dirpath == str(tmp_path / "checkpoints")
+    assert callbacks["model_checkpoint"].monitor == "val/nmse_db"
+    assert callbacks["model_checkpoint"].save_last is True
+
+
+def test_logger_csv_instantiates(compose_train, tmp_path):
+    cfg = compose_train(["logger=csv"], run_dir=tmp_path)
+
+    logger = instantiate(cfg.logger.csv)
+
+    assert isinstance(logger, CSVLogger)
+    assert Path(logger.save_dir) == tmp_path
+
+
+def test_logger_none_empty(compose_train, tmp_path):
+    cfg = compose_train(["logger=none"], run_dir=tmp_path)
+
+    assert len(cfg.logger) == 0
+
+
+def test_logger_options_listed():
+    assert _options("logger") == ["csv", "none"]
+
+
+def test_sweep_composes(compose_train):
+    parsed = OverridesParser.create().parse_overrides(["model=lista,lista_cp,alista", "model.n_layers=4,8,16"])
+    sweeps = [[f"{override.key_or_group}={value}" for value in override.sweep_string_iterator()] for override in parsed]
+
+    runs = [_job_config(compose_train(list(combination))) for combination in itertools.product(*sweeps)]
+
+    assert len(runs) == 9
+    assert [(run["model"]["name"], run["model"]["n_layers"]) for run in runs] == list(
+        itertools.product(["lista", "lista_cp", "alista"], [4, 8, 16])
+    )
+    assert len({run["run_name"] for run in runs}) == 9
+    assert runs[0]["model"]["optim"]["lr"] == 5e-4
+    assert runs[-1]["model"]["optim"]["lr"] == 1e-3

@@ -1,0 +1,369 @@
+"""train.py end to end: outputs of a run, model card metrics, resume, non-finite losses, checkpoint loading."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import torch.serialization
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from models import list_pretrained, load_pretrained, load_run
+from models.hub import CARD_FILE, WEIGHTS_FILE, sha256_file
+from models.module import NonFiniteLossError, UnrolledModule
+from models.training import train
+from unrolled.metrics import nmse_db, nmse_db_per_sample
+from unrolled.problems import SparseCoding, build_problem
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+N_LAYERS = 3
+MAX_STEPS = 4
+STEPS_PER_EPOCH = 2
+# A run of two epochs of two steps on a 50 x 100 problem with 64 validation and 64 test samples.
+SMALL_RUN = [
+    "problem.m=50",
+    "problem.n=100",
+    "problem.n_val=64",
+    "problem.n_test=64",
+    f"model.n_layers={N_LAYERS}",
+    f"trainer.max_steps={MAX_STEPS}",
+    "trainer.log_every_n_steps=1",
+    "data.batch_size=16",
+    f"data.steps_per_epoch={STEPS_PER_EPOCH}",
+]
+PLAIN_TYPES = (dict, list, str, int, float, bool, type(None))
+
+# Loaded by the train.py subprocess through PYTHONPATH and added as a Hydra callback.
+NAN_INJECTION_MODULE = '''
+import torch
+import pytorch_lightning as pl
+
+
+class InjectNaN(pl.Callback):
+    """Set every parameter to NaN before the training batch of global step ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                for parameter in module.parameters():
+                    parameter.fill_(float("nan"))
+'''
+
+
+class InjectNaN(pl.Callback):
+    """Set every parameter to NaN before the training batch of global step ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                for parameter in module.parameters():
+                    parameter.fill_(float("nan"))
+
+
+class StopAfterFirstEpoch(pl.Callback):
+    """End fit after epoch 0, as a killed process would, leaving last.ckpt as written at that epoch's end."""
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        trainer.should_stop = True
+
+
+def _run_script(run_dir: Path, overrides: list[str], env: dict[str, str], multirun: bool = False) -> subprocess.CompletedProcess:
+    folder_override = f"hydra.sweep.dir={run_dir}" if multirun else f"hydra.run.dir={run_dir}"
+    command = [sys.executable, "train.py", *(["-m"] if multirun else []), *SMALL_RUN, "trainer=cpu", *overrides, folder_override]
+    return subprocess.run(command, cwd=REPO_ROOT, env=os.environ | env, capture_output=True, text=True, timeout=900)
+
+
+def _train_in_process(compose_train, run_dir: Path, overrides: list[str] = (), extra_callbacks: list[pl.Callback] = ()) -> dict:
+    """Do what train.py's main does, in this process: compose, instantiate callbacks and loggers, train."""
+    all_overrides = [*SMALL_RUN, "+trainer.enable_progress_bar=false", "~callbacks.progress_bar", *overrides]
+    if not any(override.startswith("trainer=") for override in overrides):
+        all_overrides.append("trainer=cpu")
+    cfg = compose_train(all_overrides, run_dir=run_dir)
+    callbacks = [instantiate(node) for node in cfg.callbacks.values()] + list(extra_callbacks)
+    loggers = [instantiate(node) for node in cfg.logger.values()]
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config.pop("callbacks")
+    config.pop("logger")
+    return train(config, run_dir, callbacks, loggers)
+
+
+def _types_in(value) -> set[type]:
+    """Types of ``value`` and of everything nested in its dicts and lists (dict keys included)."""
+    found = {type(value)}
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found |= _types_in(key) | _types_in(item)
+    elif isinstance(value, list):
+        for item in value:
+            found |= _types_in(item)
+    return found
+
+
+def _network_state(checkpoint: dict) -> dict[str, torch.Tensor]:
+    return {key.removeprefix("network."): value for key, value in checkpoint["state_dict"].items() if key.startswith("network.")}
+
+
+@pytest.fixture(scope="module")
+def script_run(tmp_path_factory) -> tuple[Path, Path, subprocess.CompletedProcess]:
+    """One train.py run in a subprocess, published as alista.small: (run folder, checkpoints folder, process)."""
+    run_dir = tmp_path_factory.mktemp("script_run")
+    published = tmp_path_factory.mktemp("published")
+    result = _run_script(run_dir, ["publish_as=alista.small"], {"UNROLLED_ZOO_CHECKPOINTS": str(published)})
+    return run_dir, published, result
+
+
+@pytest.fixture(scope="module")
+def script_card(script_run) -> dict:
+    run_dir, _, result = script_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads((run_dir / CARD_FILE).read_text())
+
+
+def test_script_exit_zero(script_run):
+    run_dir, _, result = script_run
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Run folder: {run_dir}" in result.stdout
+
+
+def test_script_writes_run_files(script_run, script_card):
+    run_dir, _, _ = script_run
+
+    for relative in ("checkpoints/last.ckpt", WEIGHTS_FILE, CARD_FILE, ".hydra/config.yaml", "logs/version_0/metrics.csv"):
+        assert (run_dir / relative).is_file(), relative
+    assert not list(run_dir.rglob("*.tmp"))
+
+
+def test_script_card_sha256(script_run, script_card):
+    run_dir, _, _ = script_run
+
+    assert script_card["sha256"] == sha256_file(run_dir / WEIGHTS_FILE)
+
+
+def test_script_card_metrics_fresh(script_run, script_card):
+    loaded = load_run(script_run[0])
+    y, x = loaded.problem.fixed_set("test")
+
+    with torch.no_grad():
+        x_hats = loaded.network(y.to(torch.float32))
+
+    per_layer = script_card["test_metrics"]["per_layer"]
+    assert script_card["test_metrics"]["n_samples"] == 64
+    assert len(per_layer["nmse_db"]) == N_LAYERS
+    assert len(per_layer["nmse_db_per_sample"]) == N_LAYERS
+    for k in range(N_LAYERS):
+        assert per_layer["nmse_db"][k] == pytest.approx(nmse_db(x_hats[k], x).item(), abs=1e-4), f"layer {k + 1}"
+        assert per_layer["nmse_db_per_sample"][k] == pytest.approx(nmse_db_per_sample(x_hats[k], x).item(), abs=1e-4), f"layer {k + 1}"
+
+
+def test_script_card_problem_regenerates(script_card):
+    y, x = build_problem(script_card["problem"]).fixed_set("test")
+
+    y_expected, x_expected = SparseCoding(m=50, n=100, n_val=64, n_test=64).fixed_set("test")
+    assert script_card["problem"] == script_card["config"]["problem"]
+    assert torch.equal(y, y_expected)
+    assert torch.equal(x, x_expected)
+
+
+def test_script_card_training_record(script_card):
+    training = script_card["training"]
+
+    assert training["global_steps"] == MAX_STEPS
+    assert training["resumed_from"] is None
+    assert training["accelerator"] == "CPUAccelerator"
+    assert training["best_checkpoint"] in ("epoch000.ckpt", "epoch001.ckpt")
+    assert script_card["config"]["trainer"]["max_steps"] == MAX_STEPS
+    assert script_card["network"] == "alista"
+    assert script_card["n_layers"] == N_LAYERS
+
+
+def test_script_exports_best_checkpoint(script_run, script_card):
+    run_dir, _, _ = script_run
+    best = torch.load(run_dir / "checkpoints" / script_card["training"]["best_checkpoint"], weights_only=True)
+
+    exported = load_run(run_dir).network.state_dict()
+
+    for key, value in _network_state(best).items():
+        assert torch.equal(exported[key], value), key
+
+
+def test_script_publish(script_run, monkeypatch):
+    run_dir, published, _ = script_run
+    monkeypatch.setenv("UNROLLED_ZOO_CHECKPOINTS", str(published))
+
+    loaded = load_pretrained("alista.small")
+
+    assert list_pretrained() == ["alista.small"]
+    assert loaded.card["weights_file"] == "alista.small.safetensors"
+    for key, value in load_run(run_dir).network.state_dict().items():
+        assert torch.equal(loaded.network.state_dict()[key], value), key
+
+
+def test_ckpt_weights_only(script_run, script_card):
+    checkpoint = torch.load(script_run[0] / "checkpoints" / "last.ckpt", weights_only=True)
+
+    hyper_parameters = checkpoint["hyper_parameters"]
+    assert _types_in(hyper_parameters) <= set(PLAIN_TYPES)
+    assert hyper_parameters["problem"] == script_card["problem"]
+    assert hyper_parameters["network_kwargs"] == script_card["network_kwargs"]
+    assert checkpoint["global_step"] == MAX_STEPS
+
+
+def test_ckpt_load_from_checkpoint(script_run):
+    path = script_run[0] / "checkpoints" / "last.ckpt"
+
+    module = UnrolledModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+
+    checkpoint = torch.load(path, weights_only=True)
+    for key, value in _network_state(checkpoint).items():
+        assert torch.equal(module.network.state_dict()[key], value), key
+
+
+def test_ckpt_other_device_map_location(script_run, tmp_path, monkeypatch):
+    checkpoint = torch.load(script_run[0] / "checkpoints" / "last.ckpt", weights_only=True)
+    moved = tmp_path / "saved_on_cuda.ckpt"
+    # Tag every storage as "cuda:0" while saving, which is what torch.save writes for tensors on a GPU.
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.serialization, "_package_registry", list(torch.serialization._package_registry))
+        torch.serialization.register_package(0, lambda storage: "cuda:0", lambda storage, location: None)
+        torch.save(checkpoint, moved)
+
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="Attempting to deserialize object on a CUDA device"):
+            torch.load(moved, weights_only=True)
+    loaded = torch.load(moved, weights_only=True, map_location="cpu")
+    module = UnrolledModule.load_from_checkpoint(moved, map_location="cpu", weights_only=True)
+
+    for key, value in checkpoint["state_dict"].items():
+        assert loaded["state_dict"][key].device.type == "cpu", key
+        assert torch.equal(loaded["state_dict"][key], value), key
+    for key, value in _network_state(checkpoint).items():
+        assert torch.equal(module.network.state_dict()[key], value), key
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_ckpt_loads_on_cpu(compose_train, tmp_path):
+    _train_in_process(compose_train, tmp_path, ["trainer=gpu", "logger=none"])
+    path = tmp_path / "checkpoints" / "last.ckpt"
+
+    on_gpu = torch.load(path, weights_only=True)
+    on_cpu = torch.load(path, weights_only=True, map_location="cpu")
+    module = UnrolledModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+
+    for key, value in on_gpu["state_dict"].items():
+        assert value.device.type == "cuda", key
+        assert on_cpu["state_dict"][key].device.type == "cpu", key
+        assert torch.equal(on_cpu["state_dict"][key], value.cpu()), key
+    assert module.device.type == "cpu"
+    assert load_run(tmp_path).network.A.device.type == "cpu"
+
+
+def test_resume_matches_straight_run(compose_train, tmp_path):
+    straight = tmp_path / "straight"
+    resumed = tmp_path / "resumed"
+    _train_in_process(compose_train, straight, ["logger=none"])
+    _train_in_process(compose_train, resumed, ["logger=none"], extra_callbacks=[StopAfterFirstEpoch()])
+    first_part = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)
+
+    _train_in_process(compose_train, resumed, ["logger=none", "resume=true"])
+
+    expected = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=True)
+    actual = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)
+    assert first_part["global_step"] == STEPS_PER_EPOCH
+    assert actual["global_step"] == expected["global_step"] == MAX_STEPS
+    for key, value in expected["state_dict"].items():
+        assert torch.equal(actual["state_dict"][key], value), key
+    for key, value in expected["optimizer_states"][0]["state"].items():
+        assert torch.equal(actual["optimizer_states"][0]["state"][key]["exp_avg"], value["exp_avg"]), key
+    assert actual["lr_schedulers"] == expected["lr_schedulers"]
+
+
+def test_resume_records_checkpoint(compose_train, tmp_path):
+    _train_in_process(compose_train, tmp_path, ["logger=none"], extra_callbacks=[StopAfterFirstEpoch()])
+
+    _train_in_process(compose_train, tmp_path, ["logger=none", "resume=true"])
+
+    card = json.loads((tmp_path / CARD_FILE).read_text())
+    assert card["training"]["resumed_from"] == str(tmp_path / "checkpoints" / "last.ckpt")
+    assert card["training"]["global_steps"] == MAX_STEPS
+
+
+def test_resume_without_checkpoint(compose_train, tmp_path):
+    with pytest.raises(FileNotFoundError, match="resume=true but .*last.ckpt does not exist"):
+        _train_in_process(compose_train, tmp_path, ["logger=none", "resume=true"])
+
+
+def test_logger_none_runs(compose_train, tmp_path):
+    result = _train_in_process(compose_train, tmp_path, ["logger=none"])
+
+    assert (tmp_path / CARD_FILE).is_file()
+    assert not (tmp_path / "logs").exists()
+    assert result["card_path"] == str(tmp_path / CARD_FILE)
+
+
+def test_nonfinite_lr_stops(compose_train, tmp_path):
+    with pytest.raises(NonFiniteLossError, match=r"training loss is (nan|inf) at global step 1 \(epoch 0\)"):
+        _train_in_process(compose_train, tmp_path, ["logger=none", "model.optim.lr=1e30"])
+
+    assert not (tmp_path / "checkpoints").exists()
+    assert not (tmp_path / CARD_FILE).exists()
+
+
+def test_nonfinite_keeps_last_checkpoint(compose_train, tmp_path):
+    with pytest.raises(NonFiniteLossError, match=r"training loss is nan at global step 3 \(epoch 1\)"):
+        _train_in_process(compose_train, tmp_path, ["logger=none"], extra_callbacks=[InjectNaN(step=3)])
+
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == STEPS_PER_EPOCH
+    for key, value in checkpoint["state_dict"].items():
+        assert torch.isfinite(value).all(), key
+    assert not (tmp_path / CARD_FILE).exists()
+
+
+def test_script_nonfinite_exit(tmp_path):
+    (tmp_path / "nan_injection.py").write_text(NAN_INJECTION_MODULE)
+    run_dir = tmp_path / "run"
+    overrides = ["+callbacks.inject_nan._target_=nan_injection.InjectNaN", "+callbacks.inject_nan.step=3"]
+
+    result = _run_script(run_dir, overrides, {"PYTHONPATH": str(tmp_path)})
+
+    assert result.returncode == 1, result.stderr[-3000:]
+    # Hydra's default job logging writes records to stdout and to <run dir>/train.log.
+    assert "training loss is nan at global step 3 (epoch 1)" in result.stdout
+    assert "training loss is nan at global step 3 (epoch 1)" in (run_dir / "train.log").read_text()
+    assert "Run folder:" not in result.stdout
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == STEPS_PER_EPOCH
+    for key, value in checkpoint["state_dict"].items():
+        assert torch.isfinite(value).all(), key
+    assert UnrolledModule.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=True).network.n_layers == N_LAYERS
+
+
+@pytest.mark.slow
+def test_script_multirun(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    overrides = ["model=lista,alista", f"trainer.max_steps={STEPS_PER_EPOCH}"]
+
+    result = _run_script(sweep_dir, overrides, {}, multirun=True)
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = sorted(path.name for path in sweep_dir.iterdir() if path.is_dir())
+    assert runs == [f"0_lista_{N_LAYERS}_sparse_coding", f"1_alista_{N_LAYERS}_sparse_coding"]
+    for run, network in zip(runs, ["lista", "alista"], strict=True):
+        card = json.loads((sweep_dir / run / CARD_FILE).read_text())
+        assert card["network"] == network, run
+        assert (sweep_dir / run / "checkpoints" / "last.ckpt").is_file(), run
