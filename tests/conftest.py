@@ -1,4 +1,9 @@
-"""Fixtures shared by all tests: an isolated checkpoints folder, a small problem and Hydra composition."""
+"""Fixtures shared by the zoo tests: an isolated checkpoints folder, a small problem and Hydra composition.
+
+A module that exports or publishes models opts in to the isolation with
+``pytestmark = pytest.mark.usefixtures("zoo_checkpoints")``. Tests of the shipped checkpoints must
+not opt in, because they read the repository's checkpoints/.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ from unrolled.problems import SparseCoding
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def zoo_checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Point ``UNROLLED_ZOO_CHECKPOINTS`` at an empty folder, so no test reads or writes the repository's checkpoints/."""
     folder = tmp_path / "zoo_checkpoints"
@@ -31,7 +36,7 @@ def small_problem() -> SparseCoding:
 
 @pytest.fixture
 def compose_train() -> Iterator[Callable[..., DictConfig]]:
-    """Return ``compose(overrides, run_dir=None, config_name="train")``: a config as the entry point's job sees it.
+    """Return ``compose(overrides, run_dir=None, config_name="train")``: the config that train.py's job receives.
 
     With ``run_dir`` the Hydra runtime is set as if the job ran in that folder, so the
     ``${hydra:runtime.output_dir}`` interpolations of the callbacks and loggers resolve, and the

@@ -15,6 +15,8 @@ import torch
 
 hub = pytest.importorskip("models.hub")
 
+pytestmark = pytest.mark.usefixtures("zoo_checkpoints")
+
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 from unrolled.layers import ALISTA  # noqa: E402
@@ -105,7 +107,7 @@ def export_models(tmp_path: Path) -> tuple[Path, Path, SparseCoding]:
 
 def test_compare_end_to_end(tmp_path):
     run_dir, checkpoints, problem = export_models(tmp_path)
-    output_dir = tmp_path / "report"
+    output_dir = tmp_path / "hydra"
     overrides = [
         f"runs=[{run_dir}]",
         "pretrained=[toy.alista]",
@@ -117,8 +119,7 @@ def test_compare_end_to_end(tmp_path):
         "device=cpu",
         "progress=false",
         "num_threads=1",
-        f"output_dir={output_dir}",
-        f"hydra.run.dir={tmp_path / 'hydra'}",
+        f"hydra.run.dir={output_dir}",
     ]
     env = {**os.environ, hub.CHECKPOINTS_ENV: str(checkpoints)}
     completed = subprocess.run([sys.executable, "compare.py", *overrides], cwd=REPO, env=env,
@@ -126,8 +127,8 @@ def test_compare_end_to_end(tmp_path):
 
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip().splitlines()[-1] == f"Report: {output_dir / 'report.md'}"
-    assert sorted(os.listdir(output_dir)) == ["report.json", "report.md", "report.png"]
-    assert (tmp_path / "hydra" / "compare.log").is_file()
+    # The default output_dir is Hydra's run folder, which also contains Hydra's own files.
+    assert sorted(os.listdir(output_dir)) == [".hydra", "compare.log", "report.json", "report.md", "report.png"]
 
     report = load_report(output_dir / "report.json")
     assert [model.name for model in report.models] == ["run_ista", "toy.alista"]

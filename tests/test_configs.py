@@ -1,4 +1,4 @@
-"""Hydra configs: every experiment and group option composes, resolves and builds; the sweep of the docs expands."""
+"""Hydra configs: every experiment and group option composes, resolves and builds, and a model sweep expands."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ from models.module import UnrolledModule
 from models.training import build_module
 from unrolled.problems import PROBLEMS, build_problem
 
+pytestmark = pytest.mark.usefixtures("zoo_checkpoints")
+
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
 EXPERIMENTS = sorted(path.stem for path in (CONFIG_DIR / "experiment").glob("*.yaml"))
 
@@ -35,12 +37,20 @@ def _job_config(cfg) -> dict:
     return OmegaConf.to_container(OmegaConf.create(config), resolve=True)
 
 
-# (model, snr_db, lr) of the shipped checkpoints; all are 16 layers on the 250 x 500 problem.
+# Key values of the experiments behind the shipped checkpoints, by dotted config key.
 SHIPPED = {
-    "alista_noiseless": ("alista", None, 1e-3),
-    "alista_snr40": ("alista", 40, 1e-3),
-    "lista_cp_noiseless": ("lista_cp", None, 5e-4),
-    "lista_cp_snr40": ("lista_cp", 40, 5e-4),
+    "alista_noiseless": {"model.name": "alista", "problem.name": "sparse_coding", "problem.snr_db": None, "model.optim.lr": 1e-3},
+    "alista_snr40": {"model.name": "alista", "problem.name": "sparse_coding", "problem.snr_db": 40, "model.optim.lr": 1e-3},
+    "lista_cp_noiseless": {"model.name": "lista_cp", "problem.name": "sparse_coding", "problem.snr_db": None, "model.optim.lr": 5e-4},
+    "lista_cp_snr40": {"model.name": "lista_cp", "problem.name": "sparse_coding", "problem.snr_db": 40, "model.optim.lr": 5e-4},
+    "lista_cp_patches": {"model.name": "lista_cp", "problem.name": "image_patches", "problem.m": 128, "model.kwargs.reg": 0.01},
+}
+PUBLISHED_AS = {
+    "alista_noiseless": "alista.sc250x500_noiseless",
+    "alista_snr40": "alista.sc250x500_snr40",
+    "lista_cp_noiseless": "lista_cp.sc250x500_noiseless",
+    "lista_cp_snr40": "lista_cp.sc250x500_snr40",
+    "lista_cp_patches": "lista_cp.patches16_cs128",
 }
 
 
@@ -77,26 +87,22 @@ def test_experiment_composes(compose_train, experiment):
 def test_experiment_publish_name(compose_train, experiment):
     config = _job_config(compose_train([f"experiment={experiment}"]))
 
-    if experiment in SHIPPED:
-        assert config["publish_as"].startswith(f"{config['model']['name']}.")
-    else:
-        assert config["publish_as"] is None
+    assert config["publish_as"] == PUBLISHED_AS.get(experiment)
+
+
+def test_shipped_names_match_experiments():
+    assert set(PUBLISHED_AS) <= set(EXPERIMENTS)
+    assert set(SHIPPED) == set(PUBLISHED_AS)
 
 
 @pytest.mark.parametrize("experiment", sorted(SHIPPED))
 def test_experiment_values(compose_train, experiment):
-    model, snr_db, lr = SHIPPED[experiment]
-    noise = "noiseless" if snr_db is None else f"snr{snr_db}"
+    config = OmegaConf.create(_job_config(compose_train([f"experiment={experiment}"])))
 
-    config = _job_config(compose_train([f"experiment={experiment}"]))
-
-    assert config["model"]["name"] == model
-    assert config["model"]["n_layers"] == 16
-    assert config["model"]["optim"]["lr"] == lr
-    assert config["problem"]["snr_db"] == snr_db
-    assert (config["problem"]["m"], config["problem"]["n"]) == (250, 500)
-    assert config["publish_as"] == f"{model}.sc250x500_{noise}"
-    assert config["run_name"] == f"{model}_16_sc250x500_{noise}"
+    assert config.model.n_layers == 16
+    assert config.run_name == f"{config.model.name}_16_{PUBLISHED_AS[experiment].split('.', 1)[1]}"
+    for key, value in SHIPPED[experiment].items():
+        assert OmegaConf.select(config, key) == value, key
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -182,6 +188,7 @@ def test_logger_options_listed():
 def test_sweep_composes(compose_train):
     parsed = OverridesParser.create().parse_overrides(["model=lista,lista_cp,alista", "model.n_layers=4,8,16"])
     sweeps = [[f"{override.key_or_group}={value}" for value in override.sweep_string_iterator()] for override in parsed]
+    # Hydra's basic sweeper runs the cartesian product of the swept values, first override outermost.
 
     runs = [_job_config(compose_train(list(combination))) for combination in itertools.product(*sweeps)]
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -22,11 +24,14 @@ from models.training import train
 from unrolled.metrics import nmse_db, nmse_db_per_sample
 from unrolled.problems import SparseCoding, build_problem
 
+pytestmark = pytest.mark.usefixtures("zoo_checkpoints")
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 N_LAYERS = 3
 MAX_STEPS = 4
 STEPS_PER_EPOCH = 2
-# A run of two epochs of two steps on a 50 x 100 problem with 64 validation and 64 test samples.
+NAN_STEP = 3
+# Two epochs of two steps on a 50 x 100 problem with 64 validation and 64 test samples.
 SMALL_RUN = [
     "problem.m=50",
     "problem.n=100",
@@ -38,26 +43,8 @@ SMALL_RUN = [
     "data.batch_size=16",
     f"data.steps_per_epoch={STEPS_PER_EPOCH}",
 ]
-PLAIN_TYPES = (dict, list, str, int, float, bool, type(None))
-
-# Loaded by the train.py subprocess through PYTHONPATH and added as a Hydra callback.
-NAN_INJECTION_MODULE = '''
-import torch
-import pytorch_lightning as pl
-
-
-class InjectNaN(pl.Callback):
-    """Set every parameter to NaN before the training batch of global step ``step``."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
-            with torch.no_grad():
-                for parameter in module.parameters():
-                    parameter.fill_(float("nan"))
-'''
+PLAIN_TYPES = {dict, list, str, int, float, bool, type(None)}
+SCRIPT_TIMEOUT_S = 900
 
 
 class InjectNaN(pl.Callback):
@@ -80,10 +67,35 @@ class StopAfterFirstEpoch(pl.Callback):
         trainer.should_stop = True
 
 
-def _run_script(run_dir: Path, overrides: list[str], env: dict[str, str], multirun: bool = False) -> subprocess.CompletedProcess:
+@dataclass
+class ScriptRun:
+    """A train.py subprocess whose output goes to files, so several can run at once without filling a pipe."""
+
+    run_dir: Path
+    process: subprocess.Popen
+    stdout_path: Path
+    stderr_path: Path
+
+    def wait(self) -> subprocess.CompletedProcess:
+        self.process.wait(timeout=SCRIPT_TIMEOUT_S)
+        return subprocess.CompletedProcess(
+            self.process.args, self.process.returncode, self.stdout_path.read_text(), self.stderr_path.read_text()
+        )
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=60)
+
+
+def _start_script(run_dir: Path, overrides: list[str], env: dict[str, str], multirun: bool = False) -> ScriptRun:
     folder_override = f"hydra.sweep.dir={run_dir}" if multirun else f"hydra.run.dir={run_dir}"
     command = [sys.executable, "train.py", *(["-m"] if multirun else []), *SMALL_RUN, "trainer=cpu", *overrides, folder_override]
-    return subprocess.run(command, cwd=REPO_ROOT, env=os.environ | env, capture_output=True, text=True, timeout=900)
+    stdout_path = run_dir.parent / f"{run_dir.name}.stdout"
+    stderr_path = run_dir.parent / f"{run_dir.name}.stderr"
+    with open(stdout_path, "w") as stdout, open(stderr_path, "w") as stderr:
+        process = subprocess.Popen(command, cwd=REPO_ROOT, env=os.environ | env, stdout=stdout, stderr=stderr, text=True)
+    return ScriptRun(run_dir, process, stdout_path, stderr_path)
 
 
 def _train_in_process(compose_train, run_dir: Path, overrides: list[str] = (), extra_callbacks: list[pl.Callback] = ()) -> dict:
@@ -117,12 +129,30 @@ def _network_state(checkpoint: dict) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def script_run(tmp_path_factory) -> tuple[Path, Path, subprocess.CompletedProcess]:
-    """One train.py run in a subprocess, published as alista.small: (run folder, checkpoints folder, process)."""
-    run_dir = tmp_path_factory.mktemp("script_run")
-    published = tmp_path_factory.mktemp("published")
-    result = _run_script(run_dir, ["publish_as=alista.small"], {"UNROLLED_ZOO_CHECKPOINTS": str(published)})
-    return run_dir, published, result
+def script_runs(tmp_path_factory) -> dict[str, ScriptRun]:
+    """Start this module's two train.py runs together: a normal one published as alista.small, one that hits NaN.
+
+    The NaN run gets :class:`InjectNaN` as a Hydra callback, imported from a copy of its source
+    on PYTHONPATH.
+    """
+    folder = tmp_path_factory.mktemp("scripts")
+    published = folder / "published"
+    (folder / "nan_injection.py").write_text("import pytorch_lightning as pl\nimport torch\n\n\n" + inspect.getsource(InjectNaN))
+    nan_overrides = ["+callbacks.inject_nan._target_=nan_injection.InjectNaN", f"+callbacks.inject_nan.step={NAN_STEP}"]
+    runs = {
+        "normal": _start_script(folder / "normal", ["publish_as=alista.small"], {"UNROLLED_ZOO_CHECKPOINTS": str(published)}),
+        "nan": _start_script(folder / "nan", nan_overrides, {"PYTHONPATH": str(folder), "UNROLLED_ZOO_CHECKPOINTS": str(published)}),
+    }
+    yield runs
+    for run in runs.values():
+        run.stop()
+
+
+@pytest.fixture(scope="module")
+def script_run(script_runs) -> tuple[Path, Path, subprocess.CompletedProcess]:
+    """The normal train.py run: (run folder, checkpoints folder it published to, completed process)."""
+    run = script_runs["normal"]
+    return run.run_dir, run.run_dir.parent / "published", run.wait()
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +246,7 @@ def test_ckpt_weights_only(script_run, script_card):
     checkpoint = torch.load(script_run[0] / "checkpoints" / "last.ckpt", weights_only=True)
 
     hyper_parameters = checkpoint["hyper_parameters"]
-    assert _types_in(hyper_parameters) <= set(PLAIN_TYPES)
+    assert _types_in(hyper_parameters) <= PLAIN_TYPES
     assert hyper_parameters["problem"] == script_card["problem"]
     assert hyper_parameters["network_kwargs"] == script_card["network_kwargs"]
     assert checkpoint["global_step"] == MAX_STEPS
@@ -284,7 +314,8 @@ def test_resume_matches_straight_run(compose_train, tmp_path):
     expected = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=True)
     actual = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)
     assert first_part["global_step"] == STEPS_PER_EPOCH
-    assert actual["global_step"] == expected["global_step"] == MAX_STEPS
+    assert expected["global_step"] == MAX_STEPS
+    assert actual["global_step"] == MAX_STEPS
     for key, value in expected["state_dict"].items():
         assert torch.equal(actual["state_dict"][key], value), key
     for key, value in expected["optimizer_states"][0]["state"].items():
@@ -292,14 +323,15 @@ def test_resume_matches_straight_run(compose_train, tmp_path):
     assert actual["lr_schedulers"] == expected["lr_schedulers"]
 
 
-def test_resume_records_checkpoint(compose_train, tmp_path):
-    _train_in_process(compose_train, tmp_path, ["logger=none"], extra_callbacks=[StopAfterFirstEpoch()])
+def test_resume_card_records_checkpoint(compose_train, tmp_path):
+    _train_in_process(compose_train, tmp_path, extra_callbacks=[StopAfterFirstEpoch()])
 
-    _train_in_process(compose_train, tmp_path, ["logger=none", "resume=true"])
+    _train_in_process(compose_train, tmp_path, ["resume=true"])
 
     card = json.loads((tmp_path / CARD_FILE).read_text())
     assert card["training"]["resumed_from"] == str(tmp_path / "checkpoints" / "last.ckpt")
     assert card["training"]["global_steps"] == MAX_STEPS
+    assert (tmp_path / "logs" / "version_1" / "metrics.csv").is_file()
 
 
 def test_resume_without_checkpoint(compose_train, tmp_path):
@@ -324,8 +356,8 @@ def test_nonfinite_lr_stops(compose_train, tmp_path):
 
 
 def test_nonfinite_keeps_last_checkpoint(compose_train, tmp_path):
-    with pytest.raises(NonFiniteLossError, match=r"training loss is nan at global step 3 \(epoch 1\)"):
-        _train_in_process(compose_train, tmp_path, ["logger=none"], extra_callbacks=[InjectNaN(step=3)])
+    with pytest.raises(NonFiniteLossError, match=rf"training loss is nan at global step {NAN_STEP} \(epoch 1\)"):
+        _train_in_process(compose_train, tmp_path, ["logger=none"], extra_callbacks=[InjectNaN(step=NAN_STEP)])
 
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == STEPS_PER_EPOCH
@@ -334,23 +366,31 @@ def test_nonfinite_keeps_last_checkpoint(compose_train, tmp_path):
     assert not (tmp_path / CARD_FILE).exists()
 
 
-def test_script_nonfinite_exit(tmp_path):
-    (tmp_path / "nan_injection.py").write_text(NAN_INJECTION_MODULE)
-    run_dir = tmp_path / "run"
-    overrides = ["+callbacks.inject_nan._target_=nan_injection.InjectNaN", "+callbacks.inject_nan.step=3"]
+def test_script_nonfinite_exit(script_runs):
+    run_dir = script_runs["nan"].run_dir
+    message = f"training loss is nan at global step {NAN_STEP} (epoch 1)"
 
-    result = _run_script(run_dir, overrides, {"PYTHONPATH": str(tmp_path)})
+    result = script_runs["nan"].wait()
 
     assert result.returncode == 1, result.stderr[-3000:]
     # Hydra's default job logging writes records to stdout and to <run dir>/train.log.
-    assert "training loss is nan at global step 3 (epoch 1)" in result.stdout
-    assert "training loss is nan at global step 3 (epoch 1)" in (run_dir / "train.log").read_text()
+    assert message in result.stdout
+    assert message in (run_dir / "train.log").read_text()
     assert "Run folder:" not in result.stdout
-    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert not (run_dir / CARD_FILE).exists()
+
+
+def test_script_nonfinite_keeps_checkpoint(script_runs):
+    assert script_runs["nan"].wait().returncode == 1
+    path = script_runs["nan"].run_dir / "checkpoints" / "last.ckpt"
+
+    checkpoint = torch.load(path, weights_only=True)
+    module = UnrolledModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+
     assert checkpoint["global_step"] == STEPS_PER_EPOCH
     for key, value in checkpoint["state_dict"].items():
         assert torch.isfinite(value).all(), key
-    assert UnrolledModule.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=True).network.n_layers == N_LAYERS
+    assert module.network.n_layers == N_LAYERS
 
 
 @pytest.mark.slow
@@ -358,7 +398,7 @@ def test_script_multirun(tmp_path):
     sweep_dir = tmp_path / "sweep"
     overrides = ["model=lista,alista", f"trainer.max_steps={STEPS_PER_EPOCH}"]
 
-    result = _run_script(sweep_dir, overrides, {}, multirun=True)
+    result = _start_script(sweep_dir, overrides, {}, multirun=True).wait()
 
     assert result.returncode == 0, result.stderr[-3000:]
     runs = sorted(path.name for path in sweep_dir.iterdir() if path.is_dir())

@@ -23,7 +23,8 @@ def prox_l1(x: Tensor, threshold: Tensor | float) -> Tensor:
     and at :math:`x = 0` the output is 0 with zero gradient in both ``x`` and ``threshold``
     (``relu`` and ``abs`` have zero subgradient at 0 in torch). Elsewhere
     :math:`\partial/\partial x = 1[|x| > \theta]` and :math:`\partial/\partial\theta = -\operatorname{sign}(x) 1[|x| > \theta]`.
-    Forms built from ``clamp`` or ``maximum`` pick other subgradients at the tie.
+    A form built from ``torch.maximum`` picks another subgradient at the tie: it gives each argument half
+    the gradient (torch 2.14).
 
     Args:
         x: input, real or complex, any shape.

@@ -13,6 +13,8 @@ from models import build_network, export_model, list_pretrained, load_pretrained
 from models.hub import CARD_FILE, WEIGHTS_FILE, checkpoints_dir, sha256_file, write_atomic
 from unrolled.problems import SparseCoding
 
+pytestmark = pytest.mark.usefixtures("zoo_checkpoints")
+
 N_LAYERS = 3
 NETWORK_KWARGS = {"reg": 0.2, "step_size": 0.9}
 

@@ -14,6 +14,8 @@ from unrolled.metrics import nmse_db, nmse_db_per_sample
 from unrolled.problems import build_problem
 from unrolled.solvers import ista
 
+pytestmark = pytest.mark.usefixtures("zoo_checkpoints")
+
 N_LAYERS = 4
 REG = 0.05
 

@@ -32,7 +32,7 @@ def _data(m: int = 20, n: int = 40, batch: int = 5, seed: int = 0):
 
 
 def _classical_networks(A: torch.Tensor) -> dict[str, nn.Module]:
-    """Every network at its initial, classical parameters: W = A, step 1/L, threshold reg/L."""
+    """Build every network at its initial, classical parameters: W = A, step 1/L, threshold reg/L."""
     lipschitz = lipschitz_constant(A)
     return {
         "lista": LISTA(A, N_LAYERS, reg=REG),
@@ -131,8 +131,8 @@ def test_alista_weight_unit_diagonal(m, n, seed):
 
 @pytest.mark.parametrize(("m", "n", "seed"), [(250, 500, 0), (20, 40, 1), (30, 60, 3)])
 def test_alista_weight_coherence_below_A(m, n, seed):
-    # NOTE: the least-Frobenius weight is not proven to lower the largest off-diagonal entry;
-    # this checks it on these seeded Gaussian operators, where it does by a clear margin.
+    # NOTE: no theorem says that the least-Frobenius weight lowers the largest off-diagonal entry.
+    # This test checks it on three seeded Gaussian operators, where it does by a clear margin.
     A = gaussian_operator(m, n, seed)
 
     product = alista_weight(A).T @ A
@@ -203,7 +203,7 @@ def test_network_bypass_fraction_per_layer():
 
 
 def _numpy_support_selection(v: np.ndarray, threshold: float, percent: float) -> np.ndarray:
-    """Reference support selection: the floor(percent · n / 100) largest |v_i| of each row pass unchanged."""
+    """Apply support selection in numpy: the floor(percent · n / 100) largest |v_i| of each row pass unchanged."""
     n_bypass = math.floor(round(percent * v.shape[-1] / 100, 9))
     out = np.sign(v) * np.maximum(np.abs(v) - threshold, 0.0)
     for row, values in zip(out, v):
@@ -314,7 +314,7 @@ class _OneLayer(nn.Module):
 
 
 def _pre_threshold_margin(network: nn.Module, x: torch.Tensor, y: torch.Tensor, k: int) -> float:
-    """Smallest distance of the layer's pre-threshold values to the kinks at 0 and at ±threshold."""
+    """Return the smallest distance of the layer's pre-threshold values to the kinks at 0 and at ±threshold."""
     with torch.no_grad():
         if isinstance(network, LISTA):
             v = y @ network.W[k].T + x @ network.S[k].T

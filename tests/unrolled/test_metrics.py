@@ -15,12 +15,12 @@ pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def _numpy_nmse_db(x_hat: np.ndarray, x: np.ndarray) -> float:
-    """Aggregate convention: 10 log10(sum ||x_hat - x||^2 / sum ||x||^2)."""
+    """Return the aggregate NMSE in dB, 10 log10(sum ||x_hat - x||^2 / sum ||x||^2)."""
     return 10 * math.log10(np.sum((x_hat - x) ** 2) / np.sum(x**2))
 
 
 def _numpy_nmse_db_per_sample(x_hat: np.ndarray, x: np.ndarray) -> float:
-    """Per-sample convention: mean over rows of 10 log10(||x_hat_i - x_i||^2 / ||x_i||^2)."""
+    """Return the per-sample NMSE in dB, the mean over rows of 10 log10(||x_hat_i - x_i||^2 / ||x_i||^2)."""
     ratios = np.sum((x_hat - x) ** 2, axis=-1) / np.sum(x**2, axis=-1)
     return float(np.mean(10 * np.log10(ratios)))
 

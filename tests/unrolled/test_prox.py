@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from unrolled.prox import prox_l1, prox_l1_support_selection
+from unrolled.prox import prox_l1, prox_l1_, prox_l1_support_selection
 from unrolled.solvers.ista import ista_step
 
 
@@ -125,8 +125,8 @@ def test_prox_l1_matches_numpy():
 
 
 def test_prox_l1_optimality_real():
-    # p = prox(v) minimises 0.5 * ||p - v||^2 + theta * ||p||_1 iff v - p is in theta * d||p||_1:
-    # v_i - p_i = theta * sign(p_i) where p_i != 0, and |v_i| <= theta where p_i = 0.
+    # p = prox(v) minimises 0.5 * ||p - v||^2 + theta * ||p||_1 iff v - p lies in theta * d||p||_1.
+    # That is v_i - p_i = theta * sign(p_i) where p_i != 0, and |v_i| <= theta where p_i = 0.
     generator = torch.Generator().manual_seed(1)
     v = 2 * torch.randn(200, generator=generator, dtype=torch.float64)
     theta = 0.8
@@ -177,7 +177,7 @@ def test_complex_closed_form():
 
 
 def test_complex_optimality():
-    # For p != 0: p - v + theta * p / |p| = 0; for p = 0: |v| <= theta.
+    # Where p != 0, p - v + theta * p / |p| = 0. Where p = 0, |v| <= theta.
     generator = torch.Generator().manual_seed(5)
     v = torch.randn(300, generator=generator, dtype=torch.complex128)
     theta = 0.6
@@ -280,3 +280,59 @@ def test_bypass_fraction_one_is_identity():
     x = torch.tensor([0.1, -0.2, 3.0], dtype=torch.float64)
 
     torch.testing.assert_close(prox_l1_support_selection(x, 10.0, 1.0), x, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("value", [0.5, -0.5, 0.0])
+def test_in_place_kink_value_zero(value):
+    x = torch.tensor([value], dtype=torch.float64)
+
+    assert prox_l1_(x, 0.5).item() == 0.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.complex128])
+def test_in_place_equals_prox_l1(dtype):
+    generator = torch.Generator().manual_seed(11)
+    x = torch.randn(6, 40, generator=generator, dtype=dtype)
+    threshold = torch.linspace(0.1, 1.5, 6, dtype=torch.float64).unsqueeze(-1).to(x.real.dtype)
+
+    expected = prox_l1(x, threshold)
+    out = prox_l1_(x, threshold)
+
+    assert out.data_ptr() == x.data_ptr()
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
+def test_in_place_rejects_autograd():
+    x = torch.ones(3, requires_grad=True)
+
+    with pytest.raises(RuntimeError, match="prox_l1_ works in place outside autograd"):
+        prox_l1_(x, 0.5)
+
+
+def test_in_place_rejects_threshold_with_grad():
+    threshold = torch.tensor(0.5, requires_grad=True)
+
+    with pytest.raises(RuntimeError, match="but x or threshold requires grad"):
+        prox_l1_(torch.ones(3), threshold)
+
+
+@pytest.mark.parametrize("bypass_fraction", [0.0, 0.1])
+def test_ista_step_out_equals_plain(bypass_fraction):
+    generator = torch.Generator().manual_seed(12)
+    x = torch.randn(5, 30, generator=generator, dtype=torch.float64)
+    residual = torch.randn(5, 20, generator=generator, dtype=torch.float64)
+    W = torch.randn(20, 30, generator=generator, dtype=torch.float64)
+    out = torch.empty(5, 30, dtype=torch.float64)
+
+    expected = ista_step(x, residual, W, 0.1, 0.3, bypass_fraction)
+    result = ista_step(x, residual, W, 0.1, 0.3, bypass_fraction, out=out)
+
+    assert result.data_ptr() == out.data_ptr()
+    torch.testing.assert_close(result, expected, rtol=0, atol=0)
+
+
+def test_ista_step_out_aliasing_x():
+    x = torch.ones(2, 3, dtype=torch.float64)
+
+    with pytest.raises(ValueError, match="out must not share memory with x or residual"):
+        ista_step(x, torch.ones(2, 4, dtype=torch.float64), torch.ones(4, 3, dtype=torch.float64), 0.1, 0.1, out=x)

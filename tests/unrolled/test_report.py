@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import os
+from pathlib import Path
 
 import matplotlib.image
 import numpy as np
@@ -27,6 +29,7 @@ from unrolled.report import (
     write_atomic,
     write_report,
 )
+import unrolled.report as report_package
 from unrolled.report import classical
 from unrolled.report.classical import iterations_to_reach
 from unrolled.report.evaluate import time_forward
@@ -226,8 +229,8 @@ def test_image_problem_gets_psnr():
         assert layer.psnr_db == pytest.approx(expected, abs=1e-9)
 
     fista_reg = problem_result.reg("fista").reg
-    assert [point.n_iter for point in problem_result.checkpoints] == [1, 2, 3, 40]
-    for point in problem_result.checkpoints:
+    assert [point.n_iter for point in problem_result.iteration_metrics] == [1, 2, 3, 40]
+    for point in problem_result.iteration_metrics:
         estimate = fista(problem.A, y, fista_reg, max_iter=point.n_iter).x
         assert point.psnr_db == pytest.approx(float(psnr_db(problem.signal(estimate), problem.signal(x))), abs=1e-12)
         if point.n_iter <= 30:
@@ -341,6 +344,20 @@ def test_settings_recorded(report):
     assert set(settings) == {field.name for field in dataclasses.fields(ReportConfig)}
 
 
+def test_report_imports_no_framework():
+    package = Path(report_package.__file__).parent
+    imported = set()
+    for source in package.glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name.split(".")[0] for alias in node.names)
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module.split(".")[0])
+
+    assert imported & {"models", "pytorch_lightning", "lightning", "hydra", "omegaconf"} == set()
+    assert "torch" in imported
+
+
 @pytest.mark.slow
 def test_reference_problem_ista_network_at_scale(tmp_path):
     """Reference size (250 × 500, 1,000 test samples), the default grid, 1,000 iterations."""
@@ -375,5 +392,5 @@ def test_image_patches_problem_gets_psnr():
         last = network(y.float())[-1]
     expected = float(psnr_db(problem.signal(last.double()), problem.signal(x), data_range=problem.signal_range))
     assert report.models[0].layers[-1].psnr_db == pytest.approx(expected, abs=1e-9)
-    assert [point.n_iter for point in report.problem("P1").checkpoints] == [1, 2, 3, 4, 200]
+    assert [point.n_iter for point in report.problem("P1").iteration_metrics] == [1, 2, 3, 4, 200]
     assert "| FISTA, 200 iterations |" in render_markdown(report)

@@ -35,7 +35,8 @@ def alista_weight(A: Tensor) -> Tensor:
     if A64.shape[0] > A64.shape[1]:
         raise ValueError(f"alista_weight needs m <= n (a wide A), got shape {tuple(A.shape)}.")
     solved = torch.linalg.solve(A64 @ A64.T, A64)
-    return (solved / (A64 * solved).sum(0, keepdim=True)).to(A.dtype)
+    # solve() returns a column-major result; contiguous() keeps a saved and reloaded W bit-identical.
+    return (solved / (A64 * solved).sum(0, keepdim=True)).to(A.dtype).contiguous()
 
 
 def support_bypass_fraction(layer: int, per_layer: float = SUPPORT_PERCENT_PER_LAYER, maximum: float = SUPPORT_PERCENT_MAX) -> float:

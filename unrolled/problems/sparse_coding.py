@@ -34,8 +34,9 @@ def gaussian_operator(m: int, n: int, seed: int, condition_number: float | None 
     generator = seeded_generator(seed)
     A = torch.randn(m, n, generator=generator, dtype=torch.float64) / math.sqrt(m)
     if condition_number is not None:
-        if not condition_number >= 1:
-            raise ValueError(f"condition_number must be >= 1, got {condition_number}.")
+        # torch.logspace(0, -inf, k) contains NaN, so an infinite kappa would silently fill A with NaN.
+        if not (math.isfinite(condition_number) and condition_number >= 1):
+            raise ValueError(f"condition_number must be a finite number >= 1, got {condition_number}.")
         U, _, Vh = torch.linalg.svd(A, full_matrices=False)
         singular_values = torch.logspace(0, -math.log10(condition_number), U.shape[1], dtype=torch.float64)
         A = U @ torch.diag(singular_values) @ Vh

@@ -16,7 +16,7 @@ from torch import Tensor
 from unrolled.metrics import nmse_db, nmse_db_per_sample
 from unrolled.problems import Problem
 from unrolled.report.evaluate import signal_psnr_db
-from unrolled.report.results import Checkpoint, ClassicalRun, RegChoice
+from unrolled.report.results import ClassicalRun, IterationMetrics, RegChoice
 from unrolled.solvers import SolverResult, fista, ista
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def run_traced(solver: str, A: Tensor, y: Tensor, x: Tensor, reg: float, max_ite
     return ClassicalRun(solver, reg, max_iter, trace)
 
 
-def run_checkpoints(
+def measure_at_iterations(
     solver: str,
     problem: Problem,
     A: Tensor,
@@ -89,17 +89,17 @@ def run_checkpoints(
     reg: float,
     iteration_counts: Sequence[int],
     signal_range: float | None,
-) -> list[Checkpoint]:
+) -> list[IterationMetrics]:
     """Measure ``solver`` after each of ``iteration_counts`` iterations, with PSNR of ``problem.signal`` when a range is given.
 
     Each count is a separate run from x = 0, so the result equals iterate k of a longer run.
     """
-    checkpoints = []
+    measurements = []
     for n_iter in sorted(set(iteration_counts)):
         estimate = solve(solver, A, y, reg, n_iter).x
         psnr = signal_psnr_db(problem, estimate, x, signal_range) if signal_range is not None else None
-        checkpoints.append(Checkpoint(solver, n_iter, float(nmse_db(estimate, x)), float(nmse_db_per_sample(estimate, x)), psnr))
-    return checkpoints
+        measurements.append(IterationMetrics(solver, n_iter, float(nmse_db(estimate, x)), float(nmse_db_per_sample(estimate, x)), psnr))
+    return measurements
 
 
 def iterations_to_reach(nmse_trace: Sequence[float], target_db: float, tolerance_db: float = REACH_TOLERANCE_DB) -> int | None:

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from unrolled.layers import UnrolledISTA
 from unrolled.problems import Problem
-from unrolled.report.classical import choose_reg, iterations_to_reach, run_checkpoints, run_traced
+from unrolled.report.classical import choose_reg, iterations_to_reach, measure_at_iterations, run_traced
 from unrolled.report.evaluate import evaluate_layers, signal_range_of, time_forward
 from unrolled.report.machine import describe_machine
 from unrolled.report.results import (
@@ -52,7 +52,8 @@ class ReportConfig:
         timing_repeats: timed calls per layer count; the report gives their median.
         image_iters: FISTA iteration counts shown beside the models on image problems, in addition
             to each model's layer counts.
-        device: torch device of the networks and the solvers.
+        device: torch device of the networks and the solvers. NOTE: only CPU runs have been tested.
+            The CUDA branches (device moves, synchronisation before each clock reading) have not run on a GPU.
         progress: show progress bars for the classical runs.
     """
 
@@ -161,13 +162,13 @@ def _compute_problem(group: _ProblemGroup, config: ReportConfig, device: torch.d
     runs = [run_traced(choice.solver, A, y_test, x_test, choice.reg, config.max_iter, config.progress) for choice in regs]
 
     signal_range = signal_range_of(problem)
-    checkpoints = []
+    iteration_metrics = []
     if signal_range is not None:
         counts = sorted(group.layer_counts | set(config.image_iters))
         fista_reg = regs[SOLVERS.index("fista")].reg
-        checkpoints = run_checkpoints("fista", problem, A, y_test, x_test, fista_reg, counts, signal_range)
+        iteration_metrics = measure_at_iterations("fista", problem, A, y_test, x_test, fista_reg, counts, signal_range)
 
-    return ProblemResult(group.problem_id, problem.spec(), int(y_test.shape[0]), signal_range, regs, runs, checkpoints)
+    return ProblemResult(group.problem_id, problem.spec(), int(y_test.shape[0]), signal_range, regs, runs, iteration_metrics)
 
 
 def _validation_subset(problem: Problem, size: int, device: torch.device) -> tuple[Tensor, Tensor]:

@@ -51,7 +51,7 @@ class ClassicalRun:
 
 
 @dataclass
-class Checkpoint:
+class IterationMetrics:
     """Test metrics of a classical solver after exactly ``n_iter`` iterations (``psnr_db`` None without a signal range)."""
 
     solver: str
@@ -72,7 +72,7 @@ class ProblemResult:
         signal_range: peak-to-peak range of ``problem.signal`` for PSNR, None when PSNR is not reported.
         regs: the chosen ``reg`` of each solver.
         runs: the traced test-set runs of each solver.
-        checkpoints: FISTA after selected iteration counts, with PSNR (image problems only).
+        iteration_metrics: FISTA after selected iteration counts, with PSNR (image problems only).
     """
 
     problem_id: str
@@ -81,7 +81,7 @@ class ProblemResult:
     signal_range: float | None
     regs: list[RegChoice]
     runs: list[ClassicalRun]
-    checkpoints: list[Checkpoint] = field(default_factory=list)
+    iteration_metrics: list[IterationMetrics] = field(default_factory=list)
 
     def run(self, solver: str) -> ClassicalRun:
         return next(run for run in self.runs if run.solver == solver)
@@ -89,8 +89,8 @@ class ProblemResult:
     def reg(self, solver: str) -> RegChoice:
         return next(choice for choice in self.regs if choice.solver == solver)
 
-    def checkpoint(self, solver: str, n_iter: int) -> Checkpoint | None:
-        matches = [point for point in self.checkpoints if point.solver == solver and point.n_iter == n_iter]
+    def metrics_at(self, solver: str, n_iter: int) -> IterationMetrics | None:
+        matches = [point for point in self.iteration_metrics if point.solver == solver and point.n_iter == n_iter]
         return matches[0] if matches else None
 
 

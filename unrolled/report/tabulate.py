@@ -150,8 +150,8 @@ def _layer_row(layer: LayerResult, problem: ProblemResult, max_iter: int) -> lis
             format_iterations(fista.iterations_to_reach, max_iter), format_ms(fista.time_to_reach_s),
             _speedup(fista, layer.forward_s), format_db(ista.nmse_db_at_k), format_db(fista.nmse_db_at_k)]
     if problem.signal_range is not None:
-        checkpoint = problem.checkpoint("fista", layer.n_layers)
-        row.append(format_db(checkpoint.psnr_db if checkpoint else None))
+        fista_at_k = problem.metrics_at("fista", layer.n_layers)
+        row.append(format_db(fista_at_k.psnr_db if fista_at_k else None))
     return row
 
 
@@ -168,7 +168,7 @@ def _image_section(problem: ProblemResult, report: Report) -> str:
         last = model.layers[-1]
         rows.append([f"{model.name}, {last.n_layers} layers", format_db(last.psnr_db), format_db(last.nmse_db),
                      format_db(last.nmse_db_per_sample)])
-    for point in problem.checkpoints:
+    for point in problem.iteration_metrics:
         if point.n_iter in _image_rows(problem, report):
             rows.append([f"FISTA, {point.n_iter} iterations", format_db(point.psnr_db), format_db(point.nmse_db),
                          format_db(point.nmse_db_per_sample)])
