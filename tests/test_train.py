@@ -45,6 +45,10 @@ SMALL_RUN = [
 ]
 PLAIN_TYPES = {dict, list, str, int, float, bool, type(None)}
 SCRIPT_TIMEOUT_S = 900
+# Expected on resume: the run folder already holds checkpoints, and Lightning (2.6) replays the end
+# of the interrupted epoch without validation metrics before it starts the next one.
+IGNORE_EXISTING_CHECKPOINTS = pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
+IGNORE_MISSING_MONITOR = pytest.mark.filterwarnings("ignore:.*could not find the monitored key in the returned metrics")
 
 
 class InjectNaN(pl.Callback):
@@ -138,10 +142,11 @@ def script_runs(tmp_path_factory) -> dict[str, ScriptRun]:
     folder = tmp_path_factory.mktemp("scripts")
     published = folder / "published"
     (folder / "nan_injection.py").write_text("import pytorch_lightning as pl\nimport torch\n\n\n" + inspect.getsource(InjectNaN))
+    python_path = os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))
     nan_overrides = ["+callbacks.inject_nan._target_=nan_injection.InjectNaN", f"+callbacks.inject_nan.step={NAN_STEP}"]
     runs = {
         "normal": _start_script(folder / "normal", ["publish_as=alista.small"], {"UNROLLED_ZOO_CHECKPOINTS": str(published)}),
-        "nan": _start_script(folder / "nan", nan_overrides, {"PYTHONPATH": str(folder), "UNROLLED_ZOO_CHECKPOINTS": str(published)}),
+        "nan": _start_script(folder / "nan", nan_overrides, {"PYTHONPATH": python_path, "UNROLLED_ZOO_CHECKPOINTS": str(published)}),
     }
     yield runs
     for run in runs.values():
@@ -302,6 +307,8 @@ def test_gpu_ckpt_loads_on_cpu(compose_train, tmp_path):
     assert load_run(tmp_path).network.A.device.type == "cpu"
 
 
+@IGNORE_EXISTING_CHECKPOINTS
+@IGNORE_MISSING_MONITOR
 def test_resume_matches_straight_run(compose_train, tmp_path):
     straight = tmp_path / "straight"
     resumed = tmp_path / "resumed"
@@ -323,6 +330,8 @@ def test_resume_matches_straight_run(compose_train, tmp_path):
     assert actual["lr_schedulers"] == expected["lr_schedulers"]
 
 
+@IGNORE_EXISTING_CHECKPOINTS
+@IGNORE_MISSING_MONITOR
 def test_resume_card_records_checkpoint(compose_train, tmp_path):
     _train_in_process(compose_train, tmp_path, extra_callbacks=[StopAfterFirstEpoch()])
 

@@ -47,9 +47,9 @@ def prox_l1_(x: Tensor, threshold: Tensor | float) -> Tensor:
     forms round identically, because for :math:`|x| > \theta` both compute :math:`\pm(|x| - \theta)`
     with one rounding and elsewhere both give 0 (a NaN input stays NaN in both). The only
     difference is the sign of zero (+0 here where :func:`prox_l1` gives −0 for negative inputs),
-    which compares equal. This form picks other subgradients at the kink, so it is meant for the
-    classical solvers: it raises ``RuntimeError`` when autograd would record it. Complex input is
-    thresholded by :func:`prox_l1` and copied back.
+    which compares equal. It overwrites its input, so it is meant for the classical solvers and
+    raises ``RuntimeError`` when autograd would record it. Complex input is thresholded by
+    :func:`prox_l1` and copied back.
 
     Args:
         x: input, real or complex, any shape; overwritten with the result.
@@ -58,8 +58,8 @@ def prox_l1_(x: Tensor, threshold: Tensor | float) -> Tensor:
     threshold_requires_grad = isinstance(threshold, Tensor) and threshold.requires_grad
     if torch.is_grad_enabled() and (x.requires_grad or threshold_requires_grad):
         raise RuntimeError(
-            "prox_l1_ works in place outside autograd, but x or threshold requires grad; "
-            "use prox_l1, whose gradients at the kink are the documented ones."
+            "prox_l1_ works in place outside autograd, but x or threshold requires grad. "
+            "Use prox_l1, whose gradients at the kink are the documented ones."
         )
     if torch.is_complex(x):
         return x.copy_(prox_l1(x, threshold))

@@ -76,11 +76,11 @@ def ista_step(
 
 
 def matmul_into(out: Tensor, x: Tensor, M: Tensor) -> Tensor:
-    """Write ``x @ M`` into the contiguous buffer ``out`` and return it; ``x`` may have any number of batch dimensions.
+    """Write ``x @ M`` into the contiguous buffer ``out`` and return ``out``.
 
-    The batch dimensions are folded into one matrix product, as ``torch.matmul`` does for a 2-D
-    ``M``, so the rounding is that of ``x @ M``. A 1-D ``x`` works too, where ``torch.matmul`` with
-    ``out=`` would resize the buffer.
+    ``x`` may have any number of batch dimensions. They are folded into one matrix product, as
+    ``torch.matmul`` does for a 2-D ``M``, so the rounding is that of ``x @ M``. A 1-D ``x`` works
+    too, where ``torch.matmul`` with ``out=`` would resize the buffer.
     """
     torch.mm(x.reshape(-1, x.shape[-1]), M, out=out.view(-1, out.shape[-1]))
     return out
@@ -120,7 +120,7 @@ def resolve_step_size(A: Tensor, step_size: float | None) -> float:
 
 
 def _prepare(A: Tensor, y: Tensor, reg: Tensor | float, x0: Tensor | None, max_iter: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Check the arguments; return ``reg`` as a tensor, the starting point x and its image ``A x``.
+    """Check the arguments and return ``reg`` as a tensor, the starting point x and its image ``A x``.
 
     x and ``A x`` already have the batch shape of the iterates (the broadcast of the batch shapes
     of ``y``, ``x0`` and ``reg``), so that the solvers can write every iterate into buffers
@@ -140,7 +140,7 @@ def _prepare(A: Tensor, y: Tensor, reg: Tensor | float, x0: Tensor | None, max_i
         x = torch.zeros(*batch_shape, A.shape[1], dtype=A.dtype, device=A.device)
         return reg, x, x @ A.T
     image = (x0 @ A.T).expand(*batch_shape, A.shape[0]).contiguous()
-    return reg, x0.expand(*batch_shape, A.shape[1]).clone(), image
+    return reg, x0.expand(*batch_shape, A.shape[1]).clone(memory_format=torch.contiguous_format), image
 
 
 def _solver_threshold(step: float, reg: Tensor) -> Tensor | float:
@@ -179,7 +179,7 @@ def ista(
     :math:`\gamma < 2/L`, :math:`L = \|A\|_2^2`.
 
     The solver runs under ``torch.no_grad()`` and writes the iterates into buffers allocated once,
-    so its result carries no autograd graph; to differentiate through iterations, stack the layers
+    so its result carries no autograd graph. To differentiate through iterations, stack the layers
     of :mod:`unrolled.layers.lista`, which call the same :func:`ista_step`.
 
     Args:
@@ -204,7 +204,7 @@ def ista(
     x_next = torch.empty_like(x)
     n_iter = 0
     for n_iter in tqdm(range(1, max_iter + 1), desc="ISTA", disable=not progress, leave=False):
-        # The residual buffer enters the loop holding A x0, from _prepare.
+        # The residual buffer enters the loop containing A x0, computed by _prepare.
         if n_iter > 1:
             matmul_into(residual, x, A.T)
         residual.sub_(y)

@@ -1,0 +1,70 @@
+"""Run every benchmark in one process and rewrite ``docs/benchmarks.md`` from the results.
+
+``python -m bench`` (the ``make bench`` target) sets the torch thread count once, runs
+:mod:`bench.ista_throughput` and :mod:`bench.unrolled_vs_fista` in turn, prints each table with its
+ratio line, and writes the page atomically. ``--help`` lists the sizes; the defaults are those of
+the modules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from bench import ista_throughput, unrolled_vs_fista
+from bench.page import render_page, write_page_atomic
+from bench.timing import add_common_arguments, configure_threads, describe_machine
+
+log = logging.getLogger("bench")
+
+BENCHMARKS = (ista_throughput, unrolled_vs_fista)
+DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    add_common_arguments(parser)
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help=f"page to write (default {DEFAULT_OUTPUT})")
+    for module in BENCHMARKS:
+        module.add_arguments(parser.add_argument_group(module.NAME))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    configure_threads(args.threads)
+
+    started = datetime.now(timezone.utc)
+    start = time.perf_counter()
+    machine_start = describe_machine()
+    results = []
+    for module in BENCHMARKS:
+        log.info("running %s", module.NAME)
+        result = module.run(args)
+        result.print_text()
+        print()
+        results.append(result)
+
+    run_info = {
+        "command": shlex.join(["python", "-m", "bench", *argv]),
+        "started": started.isoformat(timespec="seconds"),
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "duration_s": time.perf_counter() - start,
+        "machine_start": machine_start,
+        "machine_end": describe_machine(),
+    }
+    write_page_atomic(args.output, render_page(results, run_info))
+    print(f"wrote {args.output} ({run_info['duration_s']:.0f} s)")
+    for result in results:
+        print(f"{result.name}: {result.ratio_line}")
+
+
+if __name__ == "__main__":
+    main()
