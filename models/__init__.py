@@ -3,8 +3,10 @@
 ``import models`` registers every network family and its timm entry points.
 """
 
-from models import lista  # noqa: F401  (registers the learned-ISTA family)
-from models import timm_entrypoints  # noqa: F401  (registers the timm entry points)
+from models import (
+    lista,  # noqa: F401  (registers the learned-ISTA family)
+    timm_entrypoints,  # noqa: F401  (registers the timm entry points)
+)
 from models.hub import LoadedModel, export_model, list_pretrained, load_pretrained, load_run
 from models.registry import NETWORKS, build_network
 

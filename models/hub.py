@@ -11,22 +11,18 @@ import hashlib
 import json
 import logging
 import os
-import platform
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors.torch import load_file, save_file
-
-from unrolled.layers import UnrolledISTA
-from unrolled.problems import Problem, build_problem
+from safetensors.torch import load_file, save
 
 from models.registry import build_network, unknown_name_error
+from unrolled.files import write_atomic
+from unrolled.layers import UnrolledISTA
+from unrolled.machine import describe_machine
+from unrolled.problems import Problem, build_problem
 
 log = logging.getLogger(__name__)
 
@@ -59,43 +55,6 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(temporary_path)`` and move the result onto ``path``, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(Path(temporary))
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def machine_description() -> dict[str, Any]:
-    """CPU, thread count, GPU (if any) and library versions, for model cards and reports."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as stream:
-            cpu = next(line.split(":", 1)[1].strip() for line in stream if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    versions = {}
-    for package in ("torch", "pytorch-lightning", "torchmetrics", "timm", "hydra-core", "safetensors"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    return {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "python": platform.python_version(),
-        "versions": versions,
-    }
-
-
 def export_model(
     folder: Path,
     network_name: str,
@@ -116,7 +75,7 @@ def export_model(
     weights_path = folder / (f"{stem}.safetensors" if stem else WEIGHTS_FILE)
     card_path = folder / (f"{stem}.json" if stem else CARD_FILE)
     tensors = {key: value.detach().cpu().contiguous() for key, value in network.state_dict().items()}
-    write_atomic(weights_path, lambda path: save_file(tensors, str(path)))
+    write_atomic(weights_path, save(tensors))
     card = {
         "format": CARD_FORMAT,
         "network": network_name,
@@ -126,10 +85,10 @@ def export_model(
         "weights_file": weights_path.name,
         "sha256": sha256_file(weights_path),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_description(),
+        "machine": describe_machine("cpu"),
         **extra,
     }
-    write_atomic(card_path, lambda path: path.write_text(json.dumps(card, indent=2) + "\n"))
+    write_atomic(card_path, (json.dumps(card, indent=2) + "\n").encode())
     return card_path
 
 

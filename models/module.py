@@ -11,10 +11,9 @@ import torch
 from torch import Tensor
 from torchmetrics import MinMetric
 
+from models.registry import build_network
 from unrolled.metrics import LayerwiseNMSE
 from unrolled.problems import build_problem
-
-from models.registry import build_network
 
 log = logging.getLogger(__name__)
 

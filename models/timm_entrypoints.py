@@ -12,11 +12,10 @@ from typing import Any
 import torch
 from timm.models import register_model
 
-from unrolled.layers import UnrolledISTA
-from unrolled.problems import SparseCoding
-
 from models.hub import load_pretrained
 from models.registry import build_network
+from unrolled.layers import UnrolledISTA
+from unrolled.problems import SparseCoding
 
 
 def _create(network: str, pretrained: bool, pretrained_cfg: Any, A: torch.Tensor | None = None, n_layers: int = 16, **kwargs: Any) -> UnrolledISTA:

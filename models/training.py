@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import LearningRateMonitor
 
-from unrolled.problems import build_problem
-
 from models.data import ProblemDataModule
-from models.hub import CARD_FILE, WEIGHTS_FILE, checkpoints_dir, export_model, write_atomic
+from models.hub import CARD_FILE, WEIGHTS_FILE, checkpoints_dir, export_model, load_pretrained, load_run
 from models.module import UnrolledModule
+from unrolled.files import write_atomic
+from unrolled.machine import describe_machine
+from unrolled.problems import build_problem
+from unrolled.report.evaluate import evaluate_layers
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,32 @@ def build_module(config: dict[str, Any]) -> UnrolledModule:
     )
 
 
+def load_initial_weights(module: UnrolledModule, source: str) -> None:
+    """Start from the network weights of ``source``: a run folder, a pretrained name or a Lightning ``.ckpt`` file.
+
+    Used to fine-tune in stages (for example a second stage at a lower learning rate). The source
+    must hold the same network on the same problem: its operator A is part of the weights, so a
+    different problem would silently replace this run's A.
+    """
+    path = Path(source)
+    if path.suffix == ".ckpt":
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        hparams = checkpoint["hyper_parameters"]
+        network, problem = hparams["network"], hparams["problem"]
+        state = {key.removeprefix("network."): value for key, value in checkpoint["state_dict"].items() if key.startswith("network.")}
+    else:
+        loaded = load_run(path) if path.is_dir() else load_pretrained(source)
+        network, problem = loaded.card["network"], loaded.card["problem"]
+        state = loaded.network.state_dict()
+    if network != module.hparams.network or problem != module.problem.spec():
+        raise ValueError(
+            f"init_from={source!r} holds network {network!r} on problem {problem}, but this run trains "
+            f"{module.hparams.network!r} on {module.problem.spec()}; start from a run of the same network and problem."
+        )
+    module.network.load_state_dict(state, strict=True)
+    log.info("Initialised the network from %s", source)
+
+
 def train(config: dict[str, Any], run_dir: Path, callbacks: list[pl.Callback], loggers: list[Any]) -> dict[str, Any]:
     """Fit, test on the best checkpoint, export weights and card into ``run_dir``; return the card.
 
@@ -49,6 +77,8 @@ def train(config: dict[str, Any], run_dir: Path, callbacks: list[pl.Callback], l
     pl.seed_everything(config["seed"], workers=True)
     problem = build_problem(config["problem"])
     module = build_module(config)
+    if config.get("init_from"):
+        load_initial_weights(module, config["init_from"])
     data = ProblemDataModule(problem, **config["data"])
     if not loggers:
         # LearningRateMonitor raises at fit start without a logger, so logger=none would fail otherwise.
@@ -73,20 +103,30 @@ def train(config: dict[str, Any], run_dir: Path, callbacks: list[pl.Callback], l
     if not trainer.is_global_zero:
         return {}
 
+    y_test, x_test = problem.fixed_set("test")
+    per_layer = evaluate_layers(module.network, problem, y_test, x_test)
+    test_metrics = {
+        "nmse_db": [layer.nmse_db for layer in per_layer],
+        "nmse_db_per_sample": [layer.nmse_db_per_sample for layer in per_layer],
+    }
+    if per_layer[0].psnr_db is not None:
+        test_metrics["psnr_db"] = [layer.psnr_db for layer in per_layer]
     extra = {
         "config": config,
         "command": " ".join(sys.argv),
-        "test_metrics": {"split": "test", "n_samples": problem.n_test, "per_layer": module.test_results},
+        "machine": describe_machine(module.device),
+        "test_metrics": {"split": "test", "n_samples": problem.n_test, "per_layer": test_metrics},
         "training": {
             "time_s": round(training_time, 1),
             "global_steps": trainer.global_step,
             "best_checkpoint": Path(best).name if best else None,
             "resumed_from": str(resume_from) if resume_from else None,
+            "init_from": config.get("init_from"),
             "accelerator": type(trainer.accelerator).__name__,
         },
     }
     card_path = export_model(run_dir, module.hparams.network, module.network.cpu(), module.hparams.network_kwargs or {}, problem, extra)
-    last = module.test_results["nmse_db"][-1]
+    last = test_metrics["nmse_db"][-1]
     log.info("Test NMSE at layer %d: %.2f dB (aggregate); weights and card in %s", module.hparams.n_layers, last, run_dir)
 
     if config.get("publish_as"):
@@ -99,6 +139,6 @@ def publish(run_dir: Path, name: str) -> None:
     target = checkpoints_dir()
     card = json.loads((run_dir / CARD_FILE).read_text())
     card["weights_file"] = f"{name}.safetensors"
-    write_atomic(target / card["weights_file"], lambda path: shutil.copyfile(run_dir / WEIGHTS_FILE, path))
-    write_atomic(target / f"{name}.json", lambda path: path.write_text(json.dumps(card, indent=2) + "\n"))
+    write_atomic(target / card["weights_file"], (run_dir / WEIGHTS_FILE).read_bytes())
+    write_atomic(target / f"{name}.json", (json.dumps(card, indent=2) + "\n").encode())
     log.info("Published %s to %s", name, target)

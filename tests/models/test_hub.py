@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from models import build_network, export_model, list_pretrained, load_pretrained, load_run
-from models.hub import CARD_FILE, WEIGHTS_FILE, checkpoints_dir, sha256_file, write_atomic
+from models.hub import CARD_FILE, WEIGHTS_FILE, checkpoints_dir, sha256_file
 from unrolled.problems import SparseCoding
 
 pytestmark = pytest.mark.usefixtures("zoo_checkpoints")
@@ -185,51 +185,3 @@ def test_card_extra_weights_rejected(tmp_path, network, small_problem):
 
     with pytest.raises(RuntimeError, match="Unexpected key"):
         load_run(tmp_path)
-
-
-def test_write_atomic_replaces(tmp_path):
-    target = tmp_path / "file.txt"
-    target.write_text("old")
-
-    write_atomic(target, lambda path: path.write_text("new"))
-
-    assert target.read_text() == "new"
-    assert [path.name for path in tmp_path.iterdir()] == ["file.txt"]
-
-
-def test_write_atomic_creates_folder(tmp_path):
-    target = tmp_path / "a" / "b" / "file.txt"
-
-    write_atomic(target, lambda path: path.write_text("new"))
-
-    assert target.read_text() == "new"
-
-
-def test_write_atomic_failure_keeps_old(tmp_path):
-    target = tmp_path / "file.txt"
-    target.write_text("old")
-
-    def write_half_then_fail(path: Path) -> None:
-        path.write_text("half of the new")
-        raise OSError("disk full")
-
-    with pytest.raises(OSError, match="disk full"):
-        write_atomic(target, write_half_then_fail)
-
-    assert target.read_text() == "old"
-    assert [path.name for path in tmp_path.iterdir()] == ["file.txt"]
-
-
-def test_write_atomic_interrupt_keeps_old(tmp_path):
-    target = tmp_path / "file.txt"
-    target.write_text("old")
-
-    def interrupted(path: Path) -> None:
-        path.write_text("partial")
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        write_atomic(target, interrupted)
-
-    assert target.read_text() == "old"
-    assert [path.name for path in tmp_path.iterdir()] == ["file.txt"]

@@ -11,7 +11,6 @@ import torch
 from models.data import ProblemDataModule
 from models.module import NonFiniteLossError, UnrolledModule
 from unrolled.metrics import nmse_db, nmse_db_per_sample
-from unrolled.problems import build_problem
 from unrolled.solvers import ista
 
 pytestmark = pytest.mark.usefixtures("zoo_checkpoints")

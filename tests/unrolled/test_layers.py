@@ -11,8 +11,8 @@ from torch import nn
 
 from unrolled.layers import ALISTA, LISTA, LISTACP, alista_weight, support_bypass_fraction
 from unrolled.operators import lipschitz_constant
-from unrolled.prox import prox_l1_support_selection
 from unrolled.problems import gaussian_operator
+from unrolled.prox import prox_l1_support_selection
 from unrolled.solvers import ista
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")

@@ -15,7 +15,6 @@ from unrolled.operators import (
     power_iteration,
 )
 
-
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 

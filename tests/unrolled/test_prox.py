@@ -9,7 +9,6 @@ import torch
 from unrolled.prox import prox_l1, prox_l1_, prox_l1_support_selection
 from unrolled.solvers.ista import ista_step
 
-
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 

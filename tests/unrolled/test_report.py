@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import unrolled.report as report_package
 from unrolled.layers import ALISTA
 from unrolled.metrics import nmse_db, nmse_db_per_sample, psnr_db
 from unrolled.operators import lipschitz_constant
@@ -20,17 +21,15 @@ from unrolled.problems import SparseCoding
 from unrolled.report import (
     NamedModel,
     ReportConfig,
+    classical,
     compute_report,
     load_report,
     render_markdown,
     render_png,
     report_from_dict,
     report_to_dict,
-    write_atomic,
     write_report,
 )
-import unrolled.report as report_package
-from unrolled.report import classical
 from unrolled.report.classical import iterations_to_reach
 from unrolled.report.evaluate import time_forward
 from unrolled.solvers import fista, ista
@@ -289,26 +288,6 @@ def test_write_report_leaves_only_report_files(written):
 
     assert sorted(os.listdir(folder)) == ["report.json", "report.md", "report.png"]
     assert paths["markdown"].read_text().startswith("# Unrolled networks against ISTA and FISTA")
-
-
-@pytest.mark.parametrize("failing", ["fsync", "replace"])
-def test_write_atomic_failure_keeps_old_file(tmp_path, monkeypatch, failing):
-    path = tmp_path / "report.md"
-    path.write_text("old")
-
-    def interrupt(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(os, failing, interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        write_atomic(path, b"new")
-    monkeypatch.undo()
-
-    assert path.read_text() == "old"
-    assert os.listdir(tmp_path) == ["report.md"]
-    write_atomic(path, b"new")
-    assert path.read_text() == "new"
-    assert os.listdir(tmp_path) == ["report.md"]
 
 
 def test_time_forward_calls_requested_depth(problem):

@@ -14,7 +14,6 @@ from unrolled.objectives import lasso_objective
 from unrolled.operators import lipschitz_constant, power_iteration
 from unrolled.solvers import fista, ista, ista_step
 
-
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 SOLVERS = {"ista": ista, "fista": fista}

@@ -8,8 +8,6 @@ reproduce K iterations of :func:`unrolled.solvers.ista` exactly.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 

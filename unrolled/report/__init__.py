@@ -9,7 +9,7 @@ Problems get PSNR columns when they define ``signal_range``, the peak-to-peak ra
 """
 
 from unrolled.report.compute import DEFAULT_REG_GRID, ModelEntry, NamedModel, ReportConfig, compute_report
-from unrolled.report.output import load_report, make_report, write_atomic, write_report
+from unrolled.report.output import load_report, make_report, write_report
 from unrolled.report.plot import plot_report, render_png
 from unrolled.report.results import Report, report_from_dict, report_to_dict
 from unrolled.report.tabulate import render_markdown
@@ -28,6 +28,5 @@ __all__ = [
     "render_png",
     "report_from_dict",
     "report_to_dict",
-    "write_atomic",
     "write_report",
 ]

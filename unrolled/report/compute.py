@@ -18,10 +18,10 @@ import torch
 from torch import Tensor
 
 from unrolled.layers import UnrolledISTA
+from unrolled.machine import describe_machine
 from unrolled.problems import Problem
 from unrolled.report.classical import choose_reg, iterations_to_reach, measure_at_iterations, run_traced
 from unrolled.report.evaluate import evaluate_layers, signal_range_of, time_forward
-from unrolled.report.machine import describe_machine
 from unrolled.report.results import (
     SOLVERS,
     ClassicalRun,

@@ -125,7 +125,8 @@ def _prepare(A: Tensor, y: Tensor, reg: Tensor | float, x0: Tensor | None, max_i
     x and ``A x`` already have the batch shape of the iterates (the broadcast of the batch shapes
     of ``y``, ``x0`` and ``reg``), so that the solvers can write every iterate into buffers
     allocated once. ``A x`` is computed at the shape of ``x0`` before the broadcast, so that it
-    rounds as the first product of a solver that broadcasts as it goes.
+    rounds as the first product of a solver that broadcasts as it goes. A non-contiguous ``x0``
+    is copied to the contiguous layout of the buffers first.
     """
     check_operator(A)
     check_measurements(y, A)
@@ -139,8 +140,9 @@ def _prepare(A: Tensor, y: Tensor, reg: Tensor | float, x0: Tensor | None, max_i
     if x0 is None:
         x = torch.zeros(*batch_shape, A.shape[1], dtype=A.dtype, device=A.device)
         return reg, x, x @ A.T
+    x0 = x0.contiguous()
     image = (x0 @ A.T).expand(*batch_shape, A.shape[0]).contiguous()
-    return reg, x0.expand(*batch_shape, A.shape[1]).clone(memory_format=torch.contiguous_format), image
+    return reg, x0.expand(*batch_shape, A.shape[1]).clone(), image
 
 
 def _solver_threshold(step: float, reg: Tensor) -> Tensor | float:

@@ -1,9 +1,10 @@
-"""Description of the machine a report was measured on."""
+"""Description of the machine a result was measured on, for reports, model cards and benchmarks."""
 
 from __future__ import annotations
 
 import os
 import platform
+from importlib import metadata
 from typing import Any
 
 import torch
@@ -21,8 +22,22 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def describe_machine(device: torch.device) -> dict[str, Any]:
-    """Return the CPU model, core and torch thread counts, torch version, device and GPU name as plain data."""
+LIBRARIES = ("torch", "pytorch-lightning", "torchmetrics", "timm", "hydra-core", "safetensors", "scikit-learn")
+
+
+def library_versions() -> dict[str, str | None]:
+    """Installed versions of the libraries results depend on (None when one is not installed)."""
+    versions = {}
+    for package in LIBRARIES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
+
+
+def describe_machine(device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Return the CPU model, core and torch thread counts, library versions, device and GPU name as plain data."""
     device = torch.device(device)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     return {
@@ -34,4 +49,5 @@ def describe_machine(device: torch.device) -> dict[str, Any]:
         "platform": platform.platform(),
         "device": str(device),
         "gpu": gpu,
+        "versions": library_versions(),
     }
