@@ -18,11 +18,6 @@ pytestmark = pytest.mark.usefixtures("zoo_checkpoints")
 
 N_LAYERS = 3
 
-# Layer slices whose gradient is zero by construction: LISTA's S multiplies the previous estimate,
-# which is x = 0 in layer 1, so S[0] never affects the output.
-ZERO_GRADIENT_LAYERS = {("lista", "S"): {0}}
-
-
 def _variants() -> list[tuple[str, dict]]:
     """Every registered name with its defaults, plus each boolean option it accepts switched on and off."""
     cases = []
@@ -100,10 +95,8 @@ def test_gradients_finite_nonzero(small_problem, name, kwargs):
         assert parameter.grad is not None, parameter_name
         assert torch.isfinite(parameter.grad).all(), parameter_name
         assert parameter.grad.abs().sum() > 0, parameter_name
-        if parameter.shape[0] == N_LAYERS:
-            per_layer = parameter.grad.reshape(N_LAYERS, -1).abs().sum(1)
-            zero_layers = set(per_layer.eq(0).nonzero().flatten().tolist())
-            assert zero_layers == ZERO_GRADIENT_LAYERS.get((name, parameter_name), set()), parameter_name
+        per_layer = parameter.grad.reshape(parameter.shape[0], -1).abs().sum(1)
+        assert (per_layer > 0).all(), parameter_name
 
 
 @pytest.mark.parametrize("name", sorted(NETWORKS))

@@ -262,9 +262,9 @@ def test_learnable_parameter_counts(name):
     A, _, _ = _data()
     m, n = A.shape
     expected = {
-        "lista": 4 * (n * m + n * n) + 4,
+        "lista": 4 * n * m + 3 * n * n + 4,
         "lista_tied": n * m + n * n + 4,
-        "lista_support_selection": 4 * (n * m + n * n) + 4,
+        "lista_support_selection": 4 * n * m + 3 * n * n + 4,
         "lista_cp": 4 * m * n + 4,
         "lista_cp_support_selection": 4 * m * n + 4,
         "alista": 2 * 4,

@@ -87,7 +87,8 @@ class LISTA(UnrolledISTA):
     r"""LISTA: :math:`x_{k+1} = \eta_{\theta_k}(W_k y + S_k x_k)` with learned :math:`W_k` (n × m), :math:`S_k` (n × n), :math:`\theta_k`.
 
     Initialised at ISTA: :math:`W_k = A^\top/L`, :math:`S_k = I - A^\top A/L`, :math:`\theta_k = \mathrm{reg}/L`.
-    ``tied=True`` shares one W and one S across layers (thresholds stay per layer).
+    ``tied=True`` shares one W and one S across layers (thresholds stay per layer). Layer 1 starts
+    from :math:`x_0 = 0`, so it has no S: untied networks store :math:`S_1, \dots, S_{K-1}`.
 
     Reference: Gregor, LeCun, "Learning fast approximations of sparse coding", ICML 2010.
     """
@@ -95,16 +96,16 @@ class LISTA(UnrolledISTA):
     def __init__(self, A: Tensor, n_layers: int, reg: float = 0.1, tied: bool = False, support_selection: bool = False) -> None:
         super().__init__(A, n_layers, support_selection)
         lipschitz = lipschitz_constant(A)
-        n_weights = 1 if tied else n_layers
         eye = torch.eye(A.shape[1], dtype=A.dtype)
         self.tied = tied
-        self.W = nn.Parameter((A.T / lipschitz).detach().expand(n_weights, -1, -1).clone())
-        self.S = nn.Parameter((eye - A.T @ A / lipschitz).detach().expand(n_weights, -1, -1).clone())
+        self.W = nn.Parameter((A.T / lipschitz).detach().expand(1 if tied else n_layers, -1, -1).clone())
+        self.S = nn.Parameter((eye - A.T @ A / lipschitz).detach().expand(1 if tied else n_layers - 1, -1, -1).clone())
         self.threshold = _per_layer(reg / lipschitz, n_layers, A.dtype)
 
     def layer(self, k: int, x: Tensor, y: Tensor) -> Tensor:
-        index = 0 if self.tied else k
-        v = y @ self.W[index].T + x @ self.S[index].T
+        v = y @ self.W[0 if self.tied else k].T
+        if k > 0:
+            v = v + x @ self.S[0 if self.tied else k - 1].T
         return prox_l1_support_selection(v, self.threshold[k], self.bypass_fraction(k))
 
 
