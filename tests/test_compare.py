@@ -12,19 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 
-hub = pytest.importorskip("models.hub")
+from models import hub
+from unrolled.layers import ALISTA
+from unrolled.metrics import nmse_db
+from unrolled.operators import lipschitz_constant
+from unrolled.problems import SparseCoding
+from unrolled.report import load_report
+from unrolled.solvers import fista
 
 pytestmark = pytest.mark.usefixtures("zoo_checkpoints")
-
-from hydra import compose, initialize_config_dir  # noqa: E402
-
-from unrolled.layers import ALISTA  # noqa: E402
-from unrolled.metrics import nmse_db  # noqa: E402
-from unrolled.operators import lipschitz_constant  # noqa: E402
-from unrolled.problems import SparseCoding  # noqa: E402
-from unrolled.report import load_report  # noqa: E402
-from unrolled.solvers import fista  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_ITER = 100
