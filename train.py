@@ -12,13 +12,11 @@ import sys
 from pathlib import Path
 
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from models.module import NonFiniteLossError
-from models.training import train
+from models.training import train_from_config
 
 log = logging.getLogger(__name__)
 
@@ -26,15 +24,8 @@ log = logging.getLogger(__name__)
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
-    config = OmegaConf.to_container(cfg, resolve=True)
-    config.pop("callbacks", None)
-    config.pop("logger", None)
     try:
-        result = train(config, run_dir, callbacks, loggers)
+        result = train_from_config(cfg, run_dir)
     except NonFiniteLossError as error:
         log.error("%s", error)
         sys.exit(1)

@@ -17,8 +17,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bench import ista_throughput, unrolled_vs_fista
-from bench.page import render_page, write_page_atomic
+from bench.page import render_page
 from bench.timing import add_common_arguments, configure_threads, describe_machine
+from unrolled.files import write_atomic
 
 log = logging.getLogger("bench")
 
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
         "machine_start": machine_start,
         "machine_end": describe_machine(),
     }
-    write_page_atomic(args.output, render_page(results, run_info))
+    write_atomic(args.output, render_page(results, run_info).encode())
     print(f"wrote {args.output} ({run_info['duration_s']:.0f} s)")
     for result in results:
         print(f"{result.name}: {result.ratio_line}")

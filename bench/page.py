@@ -1,10 +1,7 @@
-"""Render the results of one ``python -m bench`` run as ``docs/benchmarks.md`` and write it atomically."""
+"""Render the results of one ``python -m bench`` run as the Markdown of ``docs/benchmarks.md``."""
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from bench.timing import BenchmarkResult
@@ -20,7 +17,7 @@ def render_page(results: list[BenchmarkResult], run_info: dict[str, Any]) -> str
     lines = [
         "# Benchmarks",
         "",
-        "This page is written by `python -m bench` (the `make bench` target) from a single run; rerun it "
+        "This page is written by `python -m bench` (the `make bench` target) from a single run. Rerun it "
         "instead of editing the page. Every figure below comes from the run described here, and each ratio "
         "compares timings measured side by side, in interleaved rounds of that run.",
         "",
@@ -61,18 +58,3 @@ def _plain(value: Any) -> str:
 def _load(machine: dict[str, Any]) -> str:
     load = machine.get("load_average")
     return "unknown" if load is None else ", ".join(f"{value:.2f}" for value in load)
-
-
-def write_page_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path`` and move it onto ``path`` with ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-        # mkstemp creates the file readable by its owner only, so give it the usual mode of a tracked file.
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+import unrolled.machine
+
 log = logging.getLogger(__name__)
 
 DEFAULT_REPEATS = 5
@@ -127,9 +129,7 @@ def describe_machine() -> dict[str, Any]:
     The load average (1, 5 and 15 minutes, from ``os.getloadavg``) shows whether other work shared
     the machine while the benchmarks ran.
     """
-    from models.hub import machine_description
-
-    machine = machine_description()
+    machine = unrolled.machine.describe_machine()
     return {
         "cpu": machine["cpu"],
         "cores": available_cores(),

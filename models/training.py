@@ -11,6 +11,8 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor
 
 from models.data import ProblemDataModule
@@ -41,12 +43,13 @@ def build_module(config: dict[str, Any]) -> UnrolledModule:
     )
 
 
-def load_initial_weights(module: UnrolledModule, source: str) -> None:
+def load_initial_weights(module: UnrolledModule, source: str) -> dict[str, Any]:
     """Start from the network weights of ``source``: a run folder, a pretrained name or a Lightning ``.ckpt`` file.
 
     Used to fine-tune in stages (for example a second stage at a lower learning rate). The source
     must hold the same network on the same problem: its operator A is part of the weights, so a
-    different problem would silently replace this run's A.
+    different problem would silently replace this run's A. Returns the provenance of the source
+    (its command and training record, earlier stages included) for this run's card.
     """
     path = Path(source)
     if path.suffix == ".ckpt":
@@ -54,10 +57,12 @@ def load_initial_weights(module: UnrolledModule, source: str) -> None:
         hparams = checkpoint["hyper_parameters"]
         network, problem = hparams["network"], hparams["problem"]
         state = {key.removeprefix("network."): value for key, value in checkpoint["state_dict"].items() if key.startswith("network.")}
+        provenance = {"source": source, "global_step": checkpoint.get("global_step")}
     else:
         loaded = load_run(path) if path.is_dir() else load_pretrained(source)
         network, problem = loaded.card["network"], loaded.card["problem"]
         state = loaded.network.state_dict()
+        provenance = {"source": source, "command": loaded.card.get("command"), "training": loaded.card.get("training")}
     if network != module.hparams.network or problem != module.problem.spec():
         raise ValueError(
             f"init_from={source!r} holds network {network!r} on problem {problem}, but this run trains "
@@ -65,6 +70,7 @@ def load_initial_weights(module: UnrolledModule, source: str) -> None:
         )
     module.network.load_state_dict(state, strict=True)
     log.info("Initialised the network from %s", source)
+    return provenance
 
 
 def train(config: dict[str, Any], run_dir: Path, callbacks: list[pl.Callback], loggers: list[Any]) -> dict[str, Any]:
@@ -77,8 +83,7 @@ def train(config: dict[str, Any], run_dir: Path, callbacks: list[pl.Callback], l
     pl.seed_everything(config["seed"], workers=True)
     problem = build_problem(config["problem"])
     module = build_module(config)
-    if config.get("init_from"):
-        load_initial_weights(module, config["init_from"])
+    initialised_from = load_initial_weights(module, config["init_from"]) if config.get("init_from") else None
     data = ProblemDataModule(problem, **config["data"])
     if not loggers:
         # LearningRateMonitor raises at fit start without a logger, so logger=none would fail otherwise.
@@ -121,7 +126,7 @@ def train(config: dict[str, Any], run_dir: Path, callbacks: list[pl.Callback], l
             "global_steps": trainer.global_step,
             "best_checkpoint": Path(best).name if best else None,
             "resumed_from": str(resume_from) if resume_from else None,
-            "init_from": config.get("init_from"),
+            "init_from": initialised_from,
             "accelerator": type(trainer.accelerator).__name__,
         },
     }
@@ -142,3 +147,15 @@ def publish(run_dir: Path, name: str) -> None:
     write_atomic(target / card["weights_file"], (run_dir / WEIGHTS_FILE).read_bytes())
     write_atomic(target / f"{name}.json", (json.dumps(card, indent=2) + "\n").encode())
     log.info("Published %s to %s", name, target)
+
+
+def train_from_config(cfg: DictConfig, run_dir: Path, extra_callbacks: list[pl.Callback] = ()) -> dict[str, Any]:
+    """Instantiate the callbacks and loggers of a composed Hydra config, then :func:`train` on the rest as plain data."""
+    if cfg.get("num_threads"):
+        torch.set_num_threads(cfg.num_threads)
+    callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values()] + list(extra_callbacks)
+    loggers = [instantiate(node) for node in (cfg.get("logger") or {}).values()]
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config.pop("callbacks", None)
+    config.pop("logger", None)
+    return train(config, run_dir, callbacks, loggers)

@@ -14,13 +14,12 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.serialization
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from models import list_pretrained, load_pretrained, load_run
 from models.hub import CARD_FILE, WEIGHTS_FILE, sha256_file
 from models.module import NonFiniteLossError, UnrolledModule
-from models.training import train
+from models.training import load_initial_weights, train_from_config
 from unrolled.metrics import nmse_db, nmse_db_per_sample
 from unrolled.problems import SparseCoding, build_problem
 
@@ -103,17 +102,11 @@ def _start_script(run_dir: Path, overrides: list[str], env: dict[str, str], mult
 
 
 def _train_in_process(compose_train, run_dir: Path, overrides: list[str] = (), extra_callbacks: list[pl.Callback] = ()) -> dict:
-    """Do what train.py's main does, in this process: compose, instantiate callbacks and loggers, train."""
+    """Do what train.py's main does, in this process: compose the config and train."""
     all_overrides = [*SMALL_RUN, "+trainer.enable_progress_bar=false", "~callbacks.progress_bar", *overrides]
     if not any(override.startswith("trainer=") for override in overrides):
         all_overrides.append("trainer=cpu")
-    cfg = compose_train(all_overrides, run_dir=run_dir)
-    callbacks = [instantiate(node) for node in cfg.callbacks.values()] + list(extra_callbacks)
-    loggers = [instantiate(node) for node in cfg.logger.values()]
-    config = OmegaConf.to_container(cfg, resolve=True)
-    config.pop("callbacks")
-    config.pop("logger")
-    return train(config, run_dir, callbacks, loggers)
+    return train_from_config(compose_train(all_overrides, run_dir=run_dir), run_dir, extra_callbacks)
 
 
 def _types_in(value) -> set[type]:
@@ -416,3 +409,35 @@ def test_script_multirun(tmp_path):
         card = json.loads((sweep_dir / run / CARD_FILE).read_text())
         assert card["network"] == network, run
         assert (sweep_dir / run / "checkpoints" / "last.ckpt").is_file(), run
+
+
+def test_init_from_run_folder(script_run, script_card, compose_train, tmp_path):
+    run_dir, _, _ = script_run
+    cfg = compose_train([*SMALL_RUN, "trainer=cpu"], run_dir=tmp_path)
+    module = UnrolledModule(
+        network=cfg.model.name,
+        n_layers=cfg.model.n_layers,
+        problem=OmegaConf.to_container(cfg.problem),
+        network_kwargs=OmegaConf.to_container(cfg.model.kwargs),
+    )
+
+    provenance = load_initial_weights(module, str(run_dir))
+
+    source = load_run(run_dir).network.state_dict()
+    for key, value in module.network.state_dict().items():
+        assert torch.equal(value, source[key]), key
+    assert provenance["training"] == script_card["training"]
+
+
+def test_init_from_other_problem_rejected(script_run, compose_train, tmp_path):
+    run_dir, _, _ = script_run
+    cfg = compose_train([*SMALL_RUN, "trainer=cpu", "problem.operator_seed=7"], run_dir=tmp_path)
+    module = UnrolledModule(
+        network=cfg.model.name,
+        n_layers=cfg.model.n_layers,
+        problem=OmegaConf.to_container(cfg.problem),
+        network_kwargs=OmegaConf.to_container(cfg.model.kwargs),
+    )
+
+    with pytest.raises(ValueError, match="start from a run of the same network and problem"):
+        load_initial_weights(module, str(run_dir))
