@@ -1,7 +1,7 @@
 """Train an unrolled network: ``python train.py model=alista model.n_layers=16``.
 
 Hydra composes ``conf/train.yaml``; everything else lives in :mod:`models.training`. The run folder
-(printed at the end) holds the Lightning checkpoints, the CSV logs, ``model.safetensors`` and
+(printed at the end) contains the Lightning checkpoints, the CSV logs, ``model.safetensors`` and
 ``model_card.json`` with the test NMSE per layer.
 """
 

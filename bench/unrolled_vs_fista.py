@@ -38,7 +38,7 @@ from models.hub import checkpoints_dir, list_pretrained, load_pretrained
 from unrolled.metrics import nmse_db
 from unrolled.problems import Problem
 from unrolled.report import DEFAULT_REG_GRID
-from unrolled.report.classical import choose_reg, iterations_to_reach
+from unrolled.report.classical import REACH_TOLERANCE_DB, choose_reg, iterations_to_reach
 from unrolled.solvers import fista
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> BenchmarkResult:
 
     result.notes.append(
         "model NMSE: aggregate test NMSE after the last layer. FISTA iterations: the first count whose "
-        "aggregate test NMSE is at most the model's (within the 1e-9 dB tolerance of "
+        f"aggregate test NMSE is at most the model's (within the {REACH_TOLERANCE_DB:g} dB tolerance of "
         f"`unrolled.report.classical.iterations_to_reach`). '> N' means not reached in N = {args.max_iter}, with FISTA's "
         "NMSE after N iterations in brackets, and then the ratio is a lower bound."
     )

@@ -47,7 +47,7 @@ def load_initial_weights(module: UnrolledModule, source: str) -> dict[str, Any]:
     """Start from the network weights of ``source``: a run folder, a pretrained name or a Lightning ``.ckpt`` file.
 
     Used to fine-tune in stages (for example a second stage at a lower learning rate). The source
-    must hold the same network on the same problem: its operator A is part of the weights, so a
+    must contain the same network on the same problem: its operator A is part of the weights, so a
     different problem would silently replace this run's A. Returns the provenance of the source
     (its command and training record, earlier stages included) for this run's card.
     """
@@ -65,7 +65,7 @@ def load_initial_weights(module: UnrolledModule, source: str) -> dict[str, Any]:
         provenance = {"source": source, "command": loaded.card.get("command"), "training": loaded.card.get("training")}
     if network != module.hparams.network or problem != module.problem.spec():
         raise ValueError(
-            f"init_from={source!r} holds network {network!r} on problem {problem}, but this run trains "
+            f"init_from={source!r} contains network {network!r} on problem {problem}, but this run trains "
             f"{module.hparams.network!r} on {module.problem.spec()}; start from a run of the same network and problem."
         )
     module.network.load_state_dict(state, strict=True)
