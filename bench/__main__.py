@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
 
     started = datetime.now(timezone.utc)
     start = time.perf_counter()
-    machine_start = describe_machine()
+    machine_start = describe_machine(args.device)
     results = []
     for module in BENCHMARKS:
         log.info("running %s", module.NAME)
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "duration_s": time.perf_counter() - start,
         "machine_start": machine_start,
-        "machine_end": describe_machine(),
+        "machine_end": describe_machine(args.device),
     }
     write_atomic(args.output, render_page(results, run_info).encode())
     print(f"wrote {args.output} ({run_info['duration_s']:.0f} s)")

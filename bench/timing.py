@@ -123,13 +123,13 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def describe_machine() -> dict[str, Any]:
-    """Return the CPU model, core count, torch threads, torch version, GPU and the load average, as plain values.
+def describe_machine(device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Return the CPU model, core count, torch threads, torch version, GPU of ``device`` and the load average, as plain values.
 
     The load average (1, 5 and 15 minutes, from ``os.getloadavg``) shows whether other work shared
     the machine while the benchmarks ran.
     """
-    machine = unrolled.machine.describe_machine()
+    machine = unrolled.machine.describe_machine(device)
     return {
         "cpu": machine["cpu"],
         "cores": available_cores(),
@@ -142,7 +142,7 @@ def describe_machine() -> dict[str, Any]:
 
 
 def format_ms(seconds: float) -> str:
-    """Format a duration in seconds as milliseconds with 3 significant digits at least."""
+    """Format a duration in seconds as milliseconds: 3 decimals below 10 ms, 1 below 100 ms, none above."""
     milliseconds = seconds * 1e3
     if milliseconds >= 100:
         return f"{milliseconds:.0f}"

@@ -16,12 +16,11 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor
 
 from models.data import ProblemDataModule
-from models.hub import CARD_FILE, WEIGHTS_FILE, checkpoints_dir, export_model, load_pretrained, load_run
+from models.hub import CARD_FILE, WEIGHTS_FILE, checkpoints_dir, export_model, load_pretrained, load_run, measure_test_metrics
 from models.module import UnrolledModule
 from unrolled.files import write_atomic
 from unrolled.machine import describe_machine
 from unrolled.problems import build_problem
-from unrolled.report.evaluate import evaluate_layers
 
 log = logging.getLogger(__name__)
 
@@ -108,19 +107,12 @@ def train(config: dict[str, Any], run_dir: Path, callbacks: list[pl.Callback], l
     if not trainer.is_global_zero:
         return {}
 
-    y_test, x_test = problem.fixed_set("test")
-    per_layer = evaluate_layers(module.network, problem, y_test, x_test)
-    test_metrics = {
-        "nmse_db": [layer.nmse_db for layer in per_layer],
-        "nmse_db_per_sample": [layer.nmse_db_per_sample for layer in per_layer],
-    }
-    if per_layer[0].psnr_db is not None:
-        test_metrics["psnr_db"] = [layer.psnr_db for layer in per_layer]
+    test_metrics = measure_test_metrics(module.network, problem)
     extra = {
         "config": config,
         "command": " ".join(sys.argv),
         "machine": describe_machine(module.device),
-        "test_metrics": {"split": "test", "n_samples": problem.n_test, "per_layer": test_metrics},
+        "test_metrics": test_metrics,
         "training": {
             "time_s": round(training_time, 1),
             "global_steps": trainer.global_step,
@@ -131,7 +123,7 @@ def train(config: dict[str, Any], run_dir: Path, callbacks: list[pl.Callback], l
         },
     }
     card_path = export_model(run_dir, module.hparams.network, module.network.cpu(), module.hparams.network_kwargs or {}, problem, extra)
-    last = test_metrics["nmse_db"][-1]
+    last = test_metrics["per_layer"]["nmse_db"][-1]
     log.info("Test NMSE at layer %d: %.2f dB (aggregate); weights and card in %s", module.hparams.n_layers, last, run_dir)
 
     if config.get("publish_as"):

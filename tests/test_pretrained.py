@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import models
-from unrolled.metrics import nmse_db, nmse_db_per_sample
+from unrolled.metrics import nmse_db, nmse_db_per_sample, psnr_db
 
 PRETRAINED = models.list_pretrained()
 
@@ -23,13 +23,26 @@ def test_zoo_ships_the_required_models():
 def test_card_metrics_remeasure(name):
     loaded = models.load_pretrained(name)
     y, x = loaded.problem.fixed_set("test")
+    assert loaded.card["test_metrics"]["dtype"] == "float64"
     with torch.no_grad():
-        x_hats = loaded.network(y.to(loaded.network.A.dtype))
+        x_hats = loaded.network.double()(y)
     card = loaded.card["test_metrics"]["per_layer"]
     measured = [nmse_db(x_hat, x).item() for x_hat in x_hats]
     measured_per_sample = [nmse_db_per_sample(x_hat, x).item() for x_hat in x_hats]
     assert measured == pytest.approx(card["nmse_db"], abs=0.01)
     assert measured_per_sample == pytest.approx(card["nmse_db_per_sample"], abs=0.01)
+    if "psnr_db" in card:
+        signal = loaded.problem.signal(x)
+        measured_psnr = [psnr_db(loaded.problem.signal(x_hat.double()), signal, loaded.problem.signal_range).item() for x_hat in x_hats]
+        assert measured_psnr == pytest.approx(card["psnr_db"], abs=0.01)
+
+
+def test_image_model_card_has_psnr():
+    image_models = [name for name in PRETRAINED if models.load_pretrained(name).problem.signal_range is not None]
+
+    assert image_models
+    for name in image_models:
+        assert len(models.load_pretrained(name).card["test_metrics"]["per_layer"]["psnr_db"]) == 16
 
 
 @pytest.mark.parametrize("name", PRETRAINED)

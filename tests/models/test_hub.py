@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import save_file
 
 from models import build_network, export_model, list_pretrained, load_pretrained, load_run
-from models.hub import CARD_FILE, WEIGHTS_FILE, checkpoints_dir, sha256_file
+from models.hub import CARD_FILE, WEIGHTS_FILE, checkpoints_dir, refresh_test_metrics, sha256_file
+from unrolled.metrics import nmse_db
 from unrolled.problems import SparseCoding
 
 pytestmark = pytest.mark.usefixtures("zoo_checkpoints")
@@ -185,3 +186,20 @@ def test_card_extra_weights_rejected(tmp_path, network, small_problem):
 
     with pytest.raises(RuntimeError, match="Unexpected key"):
         load_run(tmp_path)
+
+
+def test_refresh_metrics_rewrites_card(zoo_checkpoints, network, small_problem):
+    _export(zoo_checkpoints, network, small_problem, stem="alista.small")
+    weights_sha = sha256_file(zoo_checkpoints / "alista.small.safetensors")
+
+    card = refresh_test_metrics("alista.small")
+
+    y, x = small_problem.fixed_set("test")
+    with torch.no_grad():
+        last = network.double()(y)[-1]
+    stored = json.loads((zoo_checkpoints / "alista.small.json").read_text())
+    assert stored == card
+    assert stored["test_metrics"]["dtype"] == "float64"
+    assert stored["test_metrics"]["per_layer"]["nmse_db"][-1] == pytest.approx(nmse_db(last, x).item(), abs=1e-9)
+    assert stored["sha256"] == weights_sha
+    assert load_pretrained("alista.small").card == stored
