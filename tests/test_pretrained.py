@@ -5,6 +5,7 @@ import torch
 
 import models
 from unrolled.metrics import nmse_db, nmse_db_per_sample, psnr_db
+from unrolled.solvers import fista
 
 PRETRAINED = models.list_pretrained()
 
@@ -52,3 +53,27 @@ def test_card_records_provenance(name):
     assert card["training"]["time_s"] > 0
     assert card["machine"]["cpu"]
     assert card["problem"]["test_seed"] != card["problem"]["train_seed"]
+
+
+# reg values around the best FISTA reg at SNR 40 dB (about 3e-3 on this problem); the test checks that
+# the best one is interior, so the grid brackets the optimum.
+SNR40_REG_GRID = [1e-3, 2e-3, 3e-3, 4.5e-3, 7e-3]
+
+
+@pytest.mark.slow
+def test_alista_snr40_beats_fista_any_reg():
+    loaded = models.load_pretrained("alista.sc250x500_snr40")
+    y, x = loaded.problem.fixed_set("test")
+    A = loaded.problem.A.to(torch.float32)
+    regs = torch.tensor(SNR40_REG_GRID, dtype=torch.float32)
+    batch = y.to(torch.float32).repeat(len(regs), 1)
+    reg_per_sample = regs.repeat_interleave(y.shape[0])[:, None]
+
+    solution = fista(A, batch, reg_per_sample, max_iter=10_000).x.reshape(len(regs), *x.shape)
+    fista_nmse = [nmse_db(solution[i], x).item() for i in range(len(regs))]
+    with torch.no_grad():
+        alista_nmse = nmse_db(loaded.network.double()(y)[-1], x).item()
+
+    best = min(range(len(regs)), key=fista_nmse.__getitem__)
+    assert 0 < best < len(regs) - 1, fista_nmse
+    assert alista_nmse <= fista_nmse[best], (alista_nmse, fista_nmse)

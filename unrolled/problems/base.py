@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,6 +23,26 @@ def seeded_generator(*keys: int) -> torch.Generator:
     """
     state = np.random.SeedSequence([int(k) for k in keys]).generate_state(2, dtype=np.uint64)
     return torch.Generator(device="cpu").manual_seed(int(state[0] >> np.uint64(1)))
+
+
+def check_common_arguments(snr_db: float | None, n_val: int, n_test: int) -> None:
+    """Raise ``ValueError`` for a non-finite ``snr_db`` or empty evaluation sets (checks shared by every problem)."""
+    if snr_db is not None and not math.isfinite(snr_db):
+        raise ValueError(f"snr_db must be a finite number of dB or None for noiseless, got {snr_db}.")
+    if n_val < 1 or n_test < 1:
+        raise ValueError(f"n_val and n_test must be >= 1, got n_val={n_val}, n_test={n_test}.")
+
+
+def add_noise(y: Tensor, snr_db: float | None, generator: torch.Generator) -> Tensor:
+    r"""Add white Gaussian noise of standard deviation :math:`\|y_i\|_2/\sqrt{m} \cdot 10^{-\mathrm{snr\_db}/20}` to each row.
+
+    Every sample then has the signal-to-noise ratio ``snr_db`` in expectation:
+    :math:`10\log_{10}(\|y_i\|^2 / E\|w_i\|^2) = \mathrm{snr\_db}`. ``None`` returns ``y`` unchanged.
+    """
+    if snr_db is None:
+        return y
+    noise_std = torch.linalg.vector_norm(y, dim=-1, keepdim=True) / math.sqrt(y.shape[-1]) * 10 ** (-snr_db / 20)
+    return y + noise_std * torch.randn(y.shape, generator=generator, dtype=y.dtype)
 
 
 class Problem(abc.ABC):

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from unrolled.problems.base import SPLITS, Problem, seeded_generator
+from unrolled.problems.base import SPLITS, Problem, add_noise, check_common_arguments, seeded_generator
 
 # Name -> (package, key): ``skimage.data.<key>()`` or ``sklearn.datasets.load_sample_image(<key>)``.
 # Only natural images that ship inside the installed wheels are listed. scikit-image images that need
@@ -266,10 +266,7 @@ class ImagePatchCS(Problem):
             raise ValueError(f"m must be >= 1, got {m}.")
         if patch_size < 1:
             raise ValueError(f"patch_size must be >= 1, got {patch_size}.")
-        if snr_db is not None and not math.isfinite(snr_db):
-            raise ValueError(f"snr_db must be a finite number of dB or None for noiseless, got {snr_db}.")
-        if n_val < 1 or n_test < 1:
-            raise ValueError(f"n_val and n_test must be >= 1, got n_val={n_val}, n_test={n_test}.")
+        check_common_arguments(snr_db, n_val, n_test)
 
         self.images = {
             "train": _image_list(train_images, "train_images"),
@@ -322,11 +319,7 @@ class ImagePatchCS(Problem):
     def sample(self, n_samples: int, generator: torch.Generator, split: str = "train") -> tuple[Tensor, Tensor]:
         patches = self.sample_patches(n_samples, generator, split)
         x = patches @ self.D
-        y = x @ self.A.T
-        if self.snr_db is not None:
-            noise_std = torch.linalg.vector_norm(y, dim=-1, keepdim=True) / math.sqrt(self.m) * 10 ** (-self.snr_db / 20)
-            y = y + noise_std * torch.randn(y.shape, generator=generator, dtype=torch.float64)
-        return y, x
+        return add_noise(x @ self.A.T, self.snr_db, generator), x
 
     def signal(self, x: Tensor) -> Tensor:
         """Map codes ``x`` (..., n) to flattened patches ``p = D x`` (..., n), in the dtype and device of ``x``."""

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from unrolled.problems.base import Problem, seeded_generator
+from unrolled.problems.base import Problem, add_noise, check_common_arguments, seeded_generator
 
 
 def gaussian_operator(m: int, n: int, seed: int, condition_number: float | None = None) -> Tensor:
@@ -73,10 +73,7 @@ class SparseCoding(Problem):
     ) -> None:
         if not 0 < nonzero_prob <= 1:
             raise ValueError(f"nonzero_prob must lie in (0, 1], got {nonzero_prob}.")
-        if snr_db is not None and not math.isfinite(snr_db):
-            raise ValueError(f"snr_db must be a finite number of dB or None for noiseless, got {snr_db}.")
-        if n_val < 1 or n_test < 1:
-            raise ValueError(f"n_val and n_test must be >= 1, got n_val={n_val}, n_test={n_test}.")
+        check_common_arguments(snr_db, n_val, n_test)
         self.nonzero_prob = nonzero_prob
         self.snr_db = snr_db
         self.condition_number = condition_number
@@ -109,8 +106,4 @@ class SparseCoding(Problem):
     def sample(self, n_samples: int, generator: torch.Generator, split: str = "train") -> tuple[Tensor, Tensor]:
         support = torch.rand(n_samples, self.n, generator=generator, dtype=torch.float64) < self.nonzero_prob
         x = torch.randn(n_samples, self.n, generator=generator, dtype=torch.float64) * support
-        y = x @ self.A.T
-        if self.snr_db is not None:
-            noise_std = torch.linalg.vector_norm(y, dim=-1, keepdim=True) / math.sqrt(self.m) * 10 ** (-self.snr_db / 20)
-            y = y + noise_std * torch.randn(y.shape, generator=generator, dtype=torch.float64)
-        return y, x
+        return add_noise(x @ self.A.T, self.snr_db, generator), x
