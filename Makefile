@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 install: $(STAMP)
 
 # torch 2.14.1 and torchvision 0.29.1 are pinned together: timm imports torchvision, and these two
-# builds are the pair that imports cleanly on these machines (see README, "Installation").
+# builds are the pair that imports cleanly on these machines (README, "Set-up and first run").
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip

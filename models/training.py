@@ -72,6 +72,46 @@ def load_initial_weights(module: UnrolledModule, source: str) -> dict[str, Any]:
     return provenance
 
 
+RUN_CONFIG_FILE = "run_config.json"
+
+
+def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def record_or_check_run_config(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """Save the run's config in ``run_config.json`` at its first start; on resume, raise unless it is unchanged.
+
+    A resumed run must repeat the overrides of the original command: a different ``max_steps`` would
+    change the learning-rate schedule, a different problem the data. Returns the saved record
+    (``command`` and ``config``).
+    """
+    path = run_dir / RUN_CONFIG_FILE
+    # The thread count changes speed, not results, so a resumed run may choose its own.
+    current = {key: value for key, value in config.items() if key not in ("resume", "num_threads")}
+    if not config.get("resume") or not path.is_file():
+        record = {"command": " ".join(sys.argv), "config": current}
+        write_atomic(path, (json.dumps(record, indent=2) + "\n").encode())
+        return record
+
+    record = json.loads(path.read_text())
+    saved, new = _flatten(record["config"]), _flatten(current)
+    changed = sorted(key for key in saved.keys() | new.keys() if saved.get(key) != new.get(key))
+    if changed:
+        details = "; ".join(f"{key}: run started with {saved.get(key)!r}, got {new.get(key)!r}" for key in changed)
+        raise ValueError(
+            f"resume=true needs the config the run started with, but {details}. "
+            f"Repeat the original overrides: {record['command']} resume=true"
+        )
+    return record
+
+
 def train(config: dict[str, Any], run_dir: Path, callbacks: list[pl.Callback], loggers: list[Any]) -> dict[str, Any]:
     """Fit, test on the best checkpoint, export weights and card into ``run_dir``; return the card.
 
@@ -79,6 +119,7 @@ def train(config: dict[str, Any], run_dir: Path, callbacks: list[pl.Callback], l
     training continues from ``run_dir/checkpoints/last.ckpt`` (same batches, optimiser and schedule
     state as an uninterrupted run, since batch i of epoch e is drawn from a seed fixed by (e, i)).
     """
+    run_record = record_or_check_run_config(config, run_dir)
     pl.seed_everything(config["seed"], workers=True)
     problem = build_problem(config["problem"])
     module = build_module(config)
@@ -118,6 +159,7 @@ def train(config: dict[str, Any], run_dir: Path, callbacks: list[pl.Callback], l
             "global_steps": trainer.global_step,
             "best_checkpoint": Path(best).name if best else None,
             "resumed_from": str(resume_from) if resume_from else None,
+            "first_command": run_record["command"],
             "init_from": initialised_from,
             "accelerator": type(trainer.accelerator).__name__,
         },

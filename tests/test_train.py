@@ -441,3 +441,10 @@ def test_init_from_other_problem_rejected(script_run, compose_train, tmp_path):
 
     with pytest.raises(ValueError, match="start from a run of the same network and problem"):
         load_initial_weights(module, str(run_dir))
+
+
+def test_resume_with_other_config_rejected(compose_train, tmp_path):
+    _train_in_process(compose_train, tmp_path, ["logger=none"])
+
+    with pytest.raises(ValueError, match=r"trainer.max_steps: run started with \d+, got 99999"):
+        _train_in_process(compose_train, tmp_path, ["logger=none", "resume=true", "trainer.max_steps=99999"])
