@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 import hydra
@@ -19,6 +20,9 @@ from models.module import NonFiniteLossError
 from models.training import train_from_config
 
 log = logging.getLogger(__name__)
+
+# pytorch-lightning 2.6 warns about its own use of torch's pytree API on every run; nothing to act on.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

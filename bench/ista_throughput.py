@@ -25,11 +25,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
 import torch
 
-from bench.timing import BenchmarkResult, add_common_arguments, check_repeats, configure_threads, format_ms, time_side_by_side
+from bench.timing import (
+    BenchmarkResult,
+    check_repeats,
+    format_ms,
+    run_standalone,
+    time_side_by_side,
+)
 from unrolled.problems import SparseCoding
 from unrolled.solvers import fista, ista
 
@@ -149,13 +154,7 @@ def _description(m: int, n: int, args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.ista_throughput", description=__doc__.split("\n\n")[0])
-    add_common_arguments(parser)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    configure_threads(args.threads)
-    run(args).print_text()
+    run_standalone("python -m bench.ista_throughput", __doc__.split("\n\n")[0], add_arguments, run, argv)
 
 
 if __name__ == "__main__":

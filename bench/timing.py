@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -149,3 +150,14 @@ def format_ms(seconds: float) -> str:
     if milliseconds >= 10:
         return f"{milliseconds:.1f}"
     return f"{milliseconds:.3f}"
+
+
+def run_standalone(prog: str, description: str, add_arguments: Callable[[argparse.ArgumentParser], None], run: Callable, argv: list[str] | None) -> None:
+    """Parse the command line of one benchmark run alone, set the threads, run it and print its result."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_common_arguments(parser)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    configure_threads(args.threads)
+    run(args).print_text()

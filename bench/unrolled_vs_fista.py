@@ -28,12 +28,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from dataclasses import dataclass
 
 import torch
 
-from bench.timing import BenchmarkResult, add_common_arguments, check_repeats, configure_threads, format_ms, time_side_by_side
+from bench.timing import (
+    BenchmarkResult,
+    check_repeats,
+    format_ms,
+    run_standalone,
+    time_side_by_side,
+)
 from models.hub import checkpoints_dir, list_pretrained, load_pretrained
 from unrolled.metrics import nmse_db
 from unrolled.problems import Problem
@@ -185,13 +190,7 @@ def _description(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.unrolled_vs_fista", description=__doc__.split("\n\n")[0])
-    add_common_arguments(parser)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    configure_threads(args.threads)
-    run(args).print_text()
+    run_standalone("python -m bench.unrolled_vs_fista", __doc__.split("\n\n")[0], add_arguments, run, argv)
 
 
 if __name__ == "__main__":
