@@ -55,8 +55,8 @@ def test_card_records_provenance(name):
     assert card["problem"]["test_seed"] != card["problem"]["train_seed"]
 
 
-# reg values around the best FISTA reg at SNR 40 dB (about 3e-3 on this problem); the test checks that
-# the best one is interior, so the grid brackets the optimum.
+# reg values around the best FISTA reg at SNR 40 dB, which is about 3e-3 on this problem. The test
+# checks that the best value is interior, so the grid brackets the optimum.
 SNR40_REG_GRID = [1e-3, 2e-3, 3e-3, 4.5e-3, 7e-3]
 
 

@@ -44,7 +44,7 @@ SMALL_RUN = [
 ]
 PLAIN_TYPES = {dict, list, str, int, float, bool, type(None)}
 SCRIPT_TIMEOUT_S = 900
-# Expected on resume: the run folder already holds checkpoints, and Lightning (2.6) replays the end
+# Expected on resume: the run folder already contains checkpoints, and Lightning (2.6) replays the end
 # of the interrupted epoch without validation metrics before it starts the next one.
 IGNORE_EXISTING_CHECKPOINTS = pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
 IGNORE_MISSING_MONITOR = pytest.mark.filterwarnings("ignore:.*could not find the monitored key in the returned metrics")

@@ -131,7 +131,7 @@ def test_alista_weight_unit_diagonal(m, n, seed):
 
 @pytest.mark.parametrize(("m", "n", "seed"), [(250, 500, 0), (20, 40, 1), (30, 60, 3)])
 def test_alista_weight_coherence_below_A(m, n, seed):
-    # NOTE: no theorem says that the least-Frobenius weight lowers the largest off-diagonal entry.
+    # NOTE: no known theorem states that the least-Frobenius weight lowers the largest off-diagonal entry.
     # This test checks it on three seeded Gaussian operators, where it does by a clear margin.
     A = gaussian_operator(m, n, seed)
 

@@ -99,7 +99,7 @@ class Problem(abc.ABC):
         """Loader of fresh training batches: batch ``i`` of epoch ``e`` is drawn from seed (train, rank, e·steps + i).
 
         The sampler exposes ``set_epoch``, which Lightning calls at every epoch start, so a run resumed
-        from an end-of-epoch checkpoint sees exactly the batches the uninterrupted run would have seen.
+        from an end-of-epoch checkpoint draws exactly the batches of the uninterrupted run.
         """
         dataset = SeededBatches(self, batch_size, self.seeds["train"], rank, dtype)
         return DataLoader(dataset, batch_size=None, sampler=EpochSampler(steps_per_epoch))

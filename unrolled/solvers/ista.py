@@ -39,7 +39,7 @@ def ista_step(
     *,
     out: Tensor | None = None,
 ) -> Tensor:
-    r"""One (generalised) ISTA update :math:`x^+ = \eta_\theta(x - \gamma\,W^\top r)` with :math:`r = Ax - y`.
+    r"""Apply one (generalised) ISTA update :math:`x^+ = \eta_\theta(x - \gamma\,W^\top r)` with :math:`r = Ax - y`.
 
     Classical ISTA uses :math:`W = A`, :math:`\gamma = 1/L` and :math:`\theta = \mathrm{reg}/L`.
     LISTA-CP learns W per layer (with :math:`\gamma = 1`), ALISTA fixes an analytic W and learns
