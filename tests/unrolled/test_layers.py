@@ -9,7 +9,17 @@ import pytest
 import torch
 from torch import nn
 
-from unrolled.layers import ALISTA, LISTA, LISTACP, alista_weight, support_bypass_fraction
+from unrolled.layers import (
+    ALISTA,
+    LISTA,
+    LISTACP,
+    LISTACPSS,
+    LISTASS,
+    TiLISTA,
+    alista_weight,
+    mutual_coherence,
+    support_bypass_fraction,
+)
 from unrolled.operators import lipschitz_constant
 from unrolled.problems import gaussian_operator
 from unrolled.prox import prox_l1_support_selection
@@ -102,7 +112,7 @@ def test_forward_n_layers_out_of_range(n_layers):
 def test_zero_layers_rejected(network_class):
     A, _, _ = _data()
 
-    with pytest.raises(ValueError, match="n_layers must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="n_layers must be an integer >= 1, got 0"):
         network_class(A, 0)
 
 
@@ -344,3 +354,45 @@ def test_gradcheck_one_layer(name):
     inputs = (x.requires_grad_(True), y.clone().requires_grad_(True), *parameters)
 
     assert torch.autograd.gradcheck(layer, inputs)
+
+
+def test_mutual_coherence_matches_reference():
+    A = gaussian_operator(30, 60, 3)
+
+    assert mutual_coherence(A) == pytest.approx(_mutual_coherence(A), rel=1e-12)
+
+
+def test_generalised_coherence_of_alista_weight():
+    A = gaussian_operator(250, 500, 0)
+    weight = alista_weight(A)
+    product = weight.T @ A
+    expected = (product - torch.diag(product.diagonal())).abs().max()
+
+    assert mutual_coherence(A, weight) == pytest.approx(float(expected), rel=1e-12)
+    assert mutual_coherence(A, weight) < mutual_coherence(A)
+
+
+@pytest.mark.parametrize(("selected", "plain"), [(LISTASS, LISTA), (LISTACPSS, LISTACP)])
+def test_support_selection_variants(selected, plain):
+    A, y, _ = _data(m=50, n=100, batch=4, seed=2)
+
+    with torch.no_grad():
+        out = selected(A, N_LAYERS, reg=REG)(y)
+        expected = plain(A, N_LAYERS, reg=REG, support_selection=True)(y)
+        without = plain(A, N_LAYERS, reg=REG)(y)
+
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    assert (out[-1] - without[-1]).abs().max() > 1e-3
+
+
+def test_tilista_starts_at_alista():
+    A, y, _ = _data(m=50, n=100, batch=4, seed=2)
+    tilista = TiLISTA(A, N_LAYERS, reg=REG, step_size=0.8)
+
+    with torch.no_grad():
+        out = tilista(y)
+        expected = ALISTA(A, N_LAYERS, reg=REG, step_size=0.8)(y)
+
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    assert isinstance(tilista.W, nn.Parameter)
+    assert "W" in dict(tilista.named_parameters())

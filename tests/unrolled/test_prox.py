@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
-from unrolled.prox import prox_l1, prox_l1_, prox_l1_support_selection
+from unrolled.prox import prox_l1, prox_l1_, prox_l1_bypass_count, prox_l1_support_selection
 from unrolled.solvers.ista import ista_step
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -335,3 +337,33 @@ def test_ista_step_out_aliasing_x():
 
     with pytest.raises(ValueError, match="out must not share memory with x or residual"):
         ista_step(x, torch.ones(2, 4, dtype=torch.float64), torch.ones(4, 3, dtype=torch.float64), 0.1, 0.1, out=x)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.012, 0.06, 0.13, 1.0])
+def test_bypass_count_equals_fraction(fraction):
+    x = torch.randn(6, 500, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    count = math.floor(round(fraction * 500, 9))
+
+    out = prox_l1_bypass_count(x, 0.3, torch.full((6, 1), count))
+
+    torch.testing.assert_close(out, prox_l1_support_selection(x, 0.3, fraction), rtol=0, atol=0)
+
+
+def test_bypass_count_per_sample():
+    x = torch.randn(3, 40, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    counts = torch.tensor([[0], [7], [40]])
+
+    out = prox_l1_bypass_count(x, 100.0, counts)
+
+    # A threshold above every |x_i| leaves exactly the bypassed entries nonzero, unchanged.
+    assert (out != 0).sum(-1).tolist() == [0, 7, 40]
+    largest = torch.topk(x[1].abs(), 7).indices
+    torch.testing.assert_close(out[1, largest], x[1, largest], rtol=0, atol=0)
+    torch.testing.assert_close(out[2], x[2], rtol=0, atol=0)
+
+
+def test_bypass_count_shape_rejected():
+    x = torch.ones(3, 40)
+
+    with pytest.raises(ValueError, match=r"n_bypass must have shape \(3, 1\) \(one count per sample\), got \(3,\)"):
+        prox_l1_bypass_count(x, 0.1, torch.zeros(3, dtype=torch.long))

@@ -1,5 +1,23 @@
 """Unrolled networks: per-iteration updates with learnable parameters."""
 
-from unrolled.layers.lista import ALISTA, LISTA, LISTACP, UnrolledISTA, alista_weight, support_bypass_fraction
+from unrolled.layers.alista import ALISTA, TiLISTA, alista_weight, mutual_coherence
+from unrolled.layers.base import UnrolledISTA, support_bypass_fraction
+from unrolled.layers.hyperlista import HyperLISTA
+from unrolled.layers.lista import LISTA, LISTASS
+from unrolled.layers.lista_cp import LISTACP, LISTACPSS
+from unrolled.layers.slista import SLISTA
 
-__all__ = ["ALISTA", "LISTA", "LISTACP", "UnrolledISTA", "alista_weight", "support_bypass_fraction"]
+__all__ = [
+    "ALISTA",
+    "HyperLISTA",
+    "LISTA",
+    "LISTACP",
+    "LISTACPSS",
+    "LISTASS",
+    "SLISTA",
+    "TiLISTA",
+    "UnrolledISTA",
+    "alista_weight",
+    "mutual_coherence",
+    "support_bypass_fraction",
+]

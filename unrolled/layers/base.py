@@ -1,0 +1,94 @@
+r"""Base of the unrolled sparse-coding networks: K iterations of a solver, one layer each.
+
+Every network returns the estimate of every layer, stacked as (n_layers, batch, n), so that
+per-layer metrics and per-layer losses need one forward pass. Networks with parameters stored per
+layer list them in :meth:`UnrolledISTA.per_layer_parameters`, which the layer-wise training
+protocol (:mod:`models.layerwise`) uses to train one layer at a time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from unrolled.operators import check_measurements, check_operator
+
+# Support selection of LISTA-CPSS / ALISTA: layer k (from 1) lets the largest min(1.2·k, 13) percent
+# of the entries bypass the threshold.
+SUPPORT_PERCENT_PER_LAYER = 1.2
+SUPPORT_PERCENT_MAX = 13.0
+
+
+def support_bypass_fraction(
+    layer: int, per_layer: float = SUPPORT_PERCENT_PER_LAYER, maximum: float = SUPPORT_PERCENT_MAX
+) -> float:
+    """Fraction of entries that bypass the threshold in ``layer`` (counted from 1): min(per_layer·layer, maximum) percent."""
+    return min(per_layer * layer, maximum) / 100.0
+
+
+class UnrolledISTA(nn.Module):
+    """Base of the unrolled networks: stores A, starts from x = 0 and applies ``n_layers`` layers.
+
+    Subclasses implement :meth:`layer`. The state carried from layer to layer is the estimate x by
+    default; networks with memory (momentum, the Onsager term of AMP) carry a tuple and override
+    :meth:`initial_state` and :meth:`estimate`. ``support_selection`` turns on the bypass of
+    :func:`support_bypass_fraction` in every layer.
+    """
+
+    def __init__(self, A: Tensor, n_layers: int, support_selection: bool = False) -> None:
+        super().__init__()
+        check_operator(A)
+        if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 1:
+            raise ValueError(f"n_layers must be an integer >= 1, got {n_layers!r}.")
+        self.register_buffer("A", A.detach().clone())
+        self.n_layers = n_layers
+        self.support_selection = support_selection
+
+    def bypass_fraction(self, k: int) -> float:
+        return support_bypass_fraction(k + 1) if self.support_selection else 0.0
+
+    def per_layer_parameters(self) -> dict[str, int]:
+        """Parameters stored per layer, mapped to the layer of their first entry.
+
+        Entry i (along dimension 0) of parameter ``name`` belongs to layer ``offset + i`` (from 0).
+        Parameters not listed are shared by all layers. The default lists every parameter with
+        ``n_layers`` entries along dimension 0.
+        """
+        return {name: 0 for name, p in self.named_parameters() if p.ndim >= 1 and p.shape[0] == self.n_layers}
+
+    def initial_state(self, y: Tensor) -> Any:
+        """State before the first layer: x = 0."""
+        return y.new_zeros(*y.shape[:-1], self.A.shape[1])
+
+    def estimate(self, state: Any) -> Tensor:
+        """The estimate x held in ``state``."""
+        return state
+
+    def layer(self, k: int, state: Any, y: Tensor) -> Any:
+        """Apply layer ``k`` (from 0) to ``state`` given measurements ``y``; return the next state."""
+        raise NotImplementedError
+
+    def forward(self, y: Tensor, n_layers: int | None = None) -> Tensor:
+        """Return the estimates of layers 1..``n_layers`` (all by default), shape (n_layers, *y.shape[:-1], n)."""
+        check_measurements(y, self.A)
+        n_layers = self.n_layers if n_layers is None else n_layers
+        if not 1 <= n_layers <= self.n_layers:
+            raise ValueError(f"n_layers must lie in [1, {self.n_layers}], got {n_layers}.")
+        state = self.initial_state(y)
+        estimates = []
+        for k in range(n_layers):
+            state = self.layer(k, state, y)
+            estimates.append(self.estimate(state))
+        return torch.stack(estimates)
+
+
+def per_layer(value: float, n_layers: int, dtype: torch.dtype) -> nn.Parameter:
+    """A learnable vector holding ``value`` once per layer."""
+    return nn.Parameter(torch.full((n_layers,), float(value), dtype=dtype))
+
+
+def stacked(matrix: Tensor, copies: int) -> nn.Parameter:
+    """A learnable (copies, *matrix.shape) tensor starting at ``copies`` copies of ``matrix``."""
+    return nn.Parameter(matrix.detach().expand(copies, *matrix.shape).clone())
