@@ -2,14 +2,20 @@
 
 from unrolled.layers.alista import ALISTA, TiLISTA, alista_weight, mutual_coherence
 from unrolled.layers.base import UnrolledISTA, support_bypass_fraction
+from unrolled.layers.glista import GLISTA
 from unrolled.layers.hyperlista import HyperLISTA
+from unrolled.layers.lamp import LAMP
+from unrolled.layers.lfista import LFISTA
 from unrolled.layers.lista import LISTA, LISTASS
 from unrolled.layers.lista_cp import LISTACP, LISTACPSS
 from unrolled.layers.slista import SLISTA
 
 __all__ = [
     "ALISTA",
+    "GLISTA",
     "HyperLISTA",
+    "LAMP",
+    "LFISTA",
     "LISTA",
     "LISTACP",
     "LISTACPSS",
