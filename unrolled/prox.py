@@ -77,6 +77,11 @@ def prox_l1_support_selection(x: Tensor, threshold: Tensor | float, bypass_fract
     and thresholds", NeurIPS 2018, arXiv:1808.10038) and ALISTA (Liu, Chen, Wang, Yin, ICLR 2019,
     arXiv:1812.03219). It is not the prox of a convex function.
 
+    NOTE: the authors' TensorFlow code (``shrink_ss``) bypasses only the top entries that also
+    exceed the threshold. This function follows the definition above, so small top entries pass
+    unchanged. The rule is part of a trained model: ALISTA-16 trained with this one
+    (``alista.sc250x500_noiseless``) measures -35.9 dB instead of -61.1 dB under the other.
+
     Args:
         x: real input of shape (..., n).
         threshold: :math:`\theta \ge 0`, broadcastable to ``x``.

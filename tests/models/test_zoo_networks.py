@@ -25,7 +25,19 @@ def _network(name: str, problem: SparseCoding, dtype: torch.dtype = torch.float3
 
 
 def test_registry_lists_the_family():
-    expected = {"lista", "lista_ss", "lista_cp", "lista_cpss", "alista", "tilista", "slista", "hyperlista"}
+    expected = {
+        "lista",
+        "lista_ss",
+        "lista_cp",
+        "lista_cpss",
+        "alista",
+        "tilista",
+        "lfista",
+        "glista",
+        "slista",
+        "lamp",
+        "hyperlista",
+    }
 
     assert expected <= set(NETWORKS)
 
