@@ -9,15 +9,17 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torchmetrics import MinMetric
+from torchmetrics import MeanMetric, MinMetric
 
 from models.registry import build_network
 from unrolled.metrics import LayerwiseNMSE
+from unrolled.objectives import lasso_objective
 from unrolled.problems import build_problem
 
 log = logging.getLogger(__name__)
 
-LOSSES = ("mse_last", "mse_all")
+LOSSES = ("mse_last", "mse_all", "lasso")
+LR_SCHEDULES = ("cosine", "constant")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -25,21 +27,35 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class UnrolledModule(pl.LightningModule):
-    """Supervised training of an unrolled network: the loss compares layer outputs with the true code x.
+    """Training of an unrolled network, supervised on the true code x or unsupervised on the Lasso objective.
 
     The network is a plain ``nn.Module`` built from the registry; this class only adds training logic.
     Every constructor argument is plain data (str, int, float, bool, dict, list), so Lightning
     checkpoints load with ``torch.load(weights_only=True)``.
+
+    Validation logs the NMSE of every layer (``val/nmse_db_layer_KK``) and, as ``val/nmse_db``, that of
+    the last layer. When ``lasso_reg`` is set it also logs ``val/lasso_objective``, the mean over
+    samples of the last layer's Lasso objective.
+
+    ``active_layer`` is None for end-to-end training. The layer-wise protocol
+    (:class:`models.layerwise.LayerwiseTraining`) sets it to the layer k being trained: the training
+    loss is then that of the network cut after layer k, and validation also logs layer k's NMSE as
+    ``val/nmse_db_active``.
 
     Args:
         network: registered network name (``models.registry.NETWORKS``).
         n_layers: depth of the network.
         network_kwargs: extra constructor arguments of the network (``reg``, ``tied``, ...).
         problem: problem spec, as returned by ``Problem.spec()``.
-        loss: ``"mse_last"`` (mean squared error of the last layer) or ``"mse_all"`` (mean over layers).
+        loss: ``"mse_last"`` (mean squared error of the last layer), ``"mse_all"`` (mean over layers) or
+            ``"lasso"`` (mean over samples of ½‖A x_K − y‖² + lasso_reg·‖x_K‖₁ of the last layer x_K;
+            unsupervised, x is not used).
+        lasso_reg: reg of the Lasso objective; required by ``loss="lasso"``.
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
         lr_min_ratio: the cosine schedule decays the rate from ``lr`` to ``lr · lr_min_ratio`` over the run.
+        lr_schedule: ``"cosine"``, or ``"constant"`` for no scheduler (the layer-wise protocol sets
+            the rate of each stage itself).
     """
 
     def __init__(
@@ -49,33 +65,57 @@ class UnrolledModule(pl.LightningModule):
         problem: dict[str, Any],
         network_kwargs: dict[str, Any] | None = None,
         loss: str = "mse_last",
+        lasso_reg: float | None = None,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         lr_min_ratio: float = 0.01,
+        lr_schedule: str = "cosine",
     ) -> None:
         super().__init__()
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}.")
+        if loss == "lasso" and lasso_reg is None:
+            raise ValueError(
+                "loss='lasso' needs lasso_reg (the reg of the objective ½‖Ax − y‖² + reg·‖x‖₁), got None. "
+                "Set model.lasso_reg, as conf/model/slista.yaml does with the network's reg."
+            )
+        if lasso_reg is not None and not (math.isfinite(lasso_reg) and lasso_reg >= 0):
+            raise ValueError(f"lasso_reg must be a finite number >= 0, got {lasso_reg}.")
         if not (math.isfinite(lr) and lr > 0):
             raise ValueError(f"lr must be a positive finite number, got {lr}.")
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}.")
         self.save_hyperparameters()
         self.problem = build_problem(problem)
         self.network = build_network(network, self.problem.A.to(torch.float32), n_layers, **(network_kwargs or {}))
         self.val_nmse = LayerwiseNMSE(n_layers)
         self.test_nmse = LayerwiseNMSE(n_layers)
         self.val_nmse_best = MinMetric()
+        self.val_lasso = MeanMetric()
+        self.test_lasso = MeanMetric()
+        self.active_layer: int | None = None
 
     def forward(self, y: Tensor) -> Tensor:
         return self.network(y)
 
-    def compute_loss(self, x_hats: Tensor, x: Tensor) -> Tensor:
+    def lasso(self, x_hat: Tensor, y: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        """Per-sample Lasso objective of the estimate ``x_hat`` with reg ``lasso_reg``, in ``dtype`` (that of ``x_hat`` by default)."""
+        return lasso_objective(x_hat, y, self.network.A, self.hparams.lasso_reg, dtype=dtype)
+
+    def compute_loss(self, x_hats: Tensor, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """Loss of the stacked layer outputs ``x_hats``: against the true code ``x``, or the Lasso objective of ``y``."""
+        if self.hparams.loss == "lasso":
+            if y is None:
+                raise ValueError("loss='lasso' needs the measurements y.")
+            return self.lasso(x_hats[-1], y).mean()
         if self.hparams.loss == "mse_last":
             return (x_hats[-1] - x).square().mean()
         return (x_hats - x).square().mean()
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         y, x = batch
-        loss = self.compute_loss(self.network(y), x)
+        # With active_layer = k (layer-wise training) the network stops after layer k, so the last output is layer k's.
+        loss = self.compute_loss(self.network(y, n_layers=self.active_layer), x, y)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"training loss is {loss.item()} at global step {self.global_step} (epoch {self.current_epoch}); "
@@ -83,11 +123,16 @@ class UnrolledModule(pl.LightningModule):
                 "Lower the learning rate or set trainer.gradient_clip_val."
             )
         self.log("train/loss", loss, prog_bar=True)
+        if self.hparams.loss == "lasso":
+            self.log("train/lasso_objective", loss)
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         y, x = batch
-        self.val_nmse.update(self.network(y), x)
+        x_hats = self.network(y)
+        self.val_nmse.update(x_hats, x)
+        if self.hparams.lasso_reg is not None:
+            self.val_lasso.update(self.lasso(x_hats[-1], y, torch.float64))
 
     def on_validation_epoch_end(self) -> None:
         values = self.val_nmse.compute()
@@ -105,10 +150,18 @@ class UnrolledModule(pl.LightningModule):
         self.log("val/nmse_db_best", self.val_nmse_best.compute().float())
         for k, value in enumerate(values["nmse_db"].tolist(), start=1):
             self.log(f"val/nmse_db_layer_{k:02d}", value)
+        if self.active_layer is not None:
+            self.log("val/nmse_db_active", values["nmse_db"][self.active_layer - 1].float(), prog_bar=True)
+        if self.hparams.lasso_reg is not None:
+            self.log("val/lasso_objective", self.val_lasso.compute())
+            self.val_lasso.reset()
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         y, x = batch
-        self.test_nmse.update(self.network(y), x)
+        x_hats = self.network(y)
+        self.test_nmse.update(x_hats, x)
+        if self.hparams.lasso_reg is not None:
+            self.test_lasso.update(self.lasso(x_hats[-1], y, torch.float64))
 
     def on_test_epoch_end(self) -> None:
         values = self.test_nmse.compute()
@@ -116,9 +169,14 @@ class UnrolledModule(pl.LightningModule):
         self.test_nmse.reset()
         self.log("test/nmse_db", values["nmse_db"][-1].float())
         self.log("test/nmse_db_per_sample", values["nmse_db_per_sample"][-1].float())
+        if self.hparams.lasso_reg is not None:
+            self.log("test/lasso_objective", self.test_lasso.compute())
+            self.test_lasso.reset()
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = torch.optim.Adam(self.network.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        if self.hparams.lr_schedule == "constant":
+            return {"optimizer": optimizer}
         total_steps = max(1, int(self.trainer.estimated_stepping_batches))
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             optimizer, T_max=total_steps, eta_min=self.hparams.lr * self.hparams.lr_min_ratio

@@ -17,6 +17,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor
 
 from models.data import ProblemDataModule
 from models.hub import CARD_FILE, WEIGHTS_FILE, checkpoints_dir, export_model, load_pretrained, load_run, measure_test_metrics
+from models.layerwise import LayerwiseTraining
 from models.module import UnrolledModule
 from unrolled.files import write_atomic
 from unrolled.machine import describe_machine
@@ -30,16 +31,42 @@ def last_checkpoint(run_dir: Path) -> Path | None:
     return path if path.is_file() else None
 
 
+PROTOCOLS = ("end_to_end", "layerwise")
+# Runs recorded before the protocol group existed trained end to end.
+DEFAULT_PROTOCOL = {"name": "end_to_end"}
+
+
+def protocol_name(config: dict[str, Any]) -> str:
+    """Name of the training protocol of ``config`` (``config["protocol"]["name"]``), checked against :data:`PROTOCOLS`."""
+    name = (config.get("protocol") or DEFAULT_PROTOCOL).get("name")
+    if name not in PROTOCOLS:
+        raise ValueError(f"protocol.name must be one of {PROTOCOLS}, got {name!r}.")
+    return name
+
+
 def build_module(config: dict[str, Any]) -> UnrolledModule:
+    """Build the module of ``config``, without a learning-rate schedule under the layer-wise protocol, which sets the rate per stage."""
     model = config["model"]
+    optim = dict(model["optim"])
+    if protocol_name(config) == "layerwise":
+        optim["lr_schedule"] = "constant"
     return UnrolledModule(
         network=model["name"],
         n_layers=model["n_layers"],
         network_kwargs=model.get("kwargs") or {},
         problem=config["problem"],
         loss=model["loss"],
-        **model["optim"],
+        lasso_reg=model.get("lasso_reg"),
+        **optim,
     )
+
+
+def build_protocol_callbacks(config: dict[str, Any]) -> list[pl.Callback]:
+    """Callbacks of the training protocol of ``config``: none end to end, :class:`LayerwiseTraining` layer-wise."""
+    if protocol_name(config) == "end_to_end":
+        return []
+    options = {key: value for key, value in config["protocol"].items() if key != "name"}
+    return [LayerwiseTraining(**options)]
 
 
 def load_initial_weights(module: UnrolledModule, source: str) -> dict[str, Any]:
@@ -55,7 +82,9 @@ def load_initial_weights(module: UnrolledModule, source: str) -> dict[str, Any]:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         hparams = checkpoint["hyper_parameters"]
         network, problem = hparams["network"], hparams["problem"]
-        state = {key.removeprefix("network."): value for key, value in checkpoint["state_dict"].items() if key.startswith("network.")}
+        state = {
+            key.removeprefix("network."): value for key, value in checkpoint["state_dict"].items() if key.startswith("network.")
+        }
         provenance = {"source": source, "global_step": checkpoint.get("global_step")}
     else:
         loaded = load_run(path) if path.is_dir() else load_pretrained(source)
@@ -101,7 +130,8 @@ def record_or_check_run_config(config: dict[str, Any], run_dir: Path) -> dict[st
         return record
 
     record = json.loads(path.read_text())
-    saved, new = _flatten(record["config"]), _flatten(current)
+    saved_config = {"protocol": DEFAULT_PROTOCOL} | record["config"]
+    saved, new = _flatten(saved_config), _flatten(current)
     changed = sorted(key for key in saved.keys() | new.keys() if saved.get(key) != new.get(key))
     if changed:
         details = "; ".join(f"{key}: run started with {saved.get(key)!r}, got {new.get(key)!r}" for key in changed)
@@ -125,6 +155,8 @@ def train(config: dict[str, Any], run_dir: Path, callbacks: list[pl.Callback], l
     module = build_module(config)
     initialised_from = load_initial_weights(module, config["init_from"]) if config.get("init_from") else None
     data = ProblemDataModule(problem, **config["data"])
+    protocol_callbacks = build_protocol_callbacks(config)
+    callbacks = [*callbacks, *protocol_callbacks]
     if not loggers:
         # LearningRateMonitor raises at fit start without a logger, so logger=none would fail otherwise.
         callbacks = [callback for callback in callbacks if not isinstance(callback, LearningRateMonitor)]
@@ -142,6 +174,8 @@ def train(config: dict[str, Any], run_dir: Path, callbacks: list[pl.Callback], l
     start = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=str(resume_from) if resume_from else None)
     training_time = time.perf_counter() - start
+    # Read before trainer.test, which restores the callbacks' state of the best checkpoint.
+    protocol_states = {type(callback).__name__: callback.state_dict() for callback in protocol_callbacks}
 
     best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
     trainer.test(module, datamodule=data, ckpt_path=best, verbose=False)
@@ -162,9 +196,15 @@ def train(config: dict[str, Any], run_dir: Path, callbacks: list[pl.Callback], l
             "first_command": run_record["command"],
             "init_from": initialised_from,
             "accelerator": type(trainer.accelerator).__name__,
+            "protocol": protocol_name(config),
         },
     }
-    card_path = export_model(run_dir, module.hparams.network, module.network.cpu(), module.hparams.network_kwargs or {}, problem, extra)
+    if "LayerwiseTraining" in protocol_states:
+        # Where the schedule ended: finished is false when trainer.max_steps cut it short.
+        extra["training"]["layerwise"] = protocol_states["LayerwiseTraining"]
+    card_path = export_model(
+        run_dir, module.hparams.network, module.network.cpu(), module.hparams.network_kwargs or {}, problem, extra
+    )
     last = test_metrics["per_layer"]["nmse_db"][-1]
     log.info("Test NMSE at layer %d: %.2f dB (aggregate); weights and card in %s", module.hparams.n_layers, last, run_dir)
 

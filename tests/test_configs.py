@@ -15,8 +15,9 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQ
 from pytorch_lightning.loggers import CSVLogger
 
 from models import NETWORKS
-from models.module import UnrolledModule
-from models.training import build_module
+from models.layerwise import LayerwiseTraining
+from models.module import LOSSES, UnrolledModule
+from models.training import build_module, build_protocol_callbacks, protocol_name
 from unrolled.problems import PROBLEMS, build_problem
 
 pytestmark = pytest.mark.usefixtures("zoo_checkpoints")
@@ -41,9 +42,15 @@ def _job_config(cfg) -> dict:
 SHIPPED = {
     "alista_noiseless": {"model.name": "alista", "problem.name": "sparse_coding", "problem.snr_db": None, "model.optim.lr": 1e-3},
     "alista_snr40": {"model.name": "alista", "problem.name": "sparse_coding", "problem.snr_db": 40, "model.optim.lr": 1e-3},
-    "lista_cp_noiseless": {"model.name": "lista_cp", "problem.name": "sparse_coding", "problem.snr_db": None, "model.optim.lr": 5e-4},
+    "lista_cp_noiseless": {
+        "model.name": "lista_cp",
+        "problem.name": "sparse_coding",
+        "problem.snr_db": None,
+        "model.optim.lr": 5e-4,
+    },
     "lista_cp_snr40": {"model.name": "lista_cp", "problem.name": "sparse_coding", "problem.snr_db": 40, "model.optim.lr": 5e-4},
     "lista_cp_patches": {"model.name": "lista_cp", "problem.name": "image_patches", "problem.m": 128, "model.kwargs.reg": 0.01},
+    "zoo": {"model.name": "alista", "problem.name": "sparse_coding", "problem.snr_db": None, "model.n_layers": 16},
 }
 PUBLISHED_AS = {
     "alista_noiseless": "alista.sc250x500_noiseless",
@@ -51,6 +58,7 @@ PUBLISHED_AS = {
     "lista_cp_noiseless": "lista_cp.sc250x500_noiseless",
     "lista_cp_snr40": "lista_cp.sc250x500_snr40",
     "lista_cp_patches": "lista_cp.patches16_cs128",
+    "zoo": "alista.sc250x500_noiseless",
 }
 
 
@@ -65,6 +73,7 @@ def test_defaults(compose_train):
     assert cfg.seed == 0
     assert cfg.resume is False
     assert cfg.publish_as is None
+    assert cfg.protocol.name == "end_to_end"
     assert cfg.run_name == "alista_16_sparse_coding"
     assert cfg.hydra.job.chdir is False
     assert cfg.hydra.run.dir.startswith("outputs/train/alista_16_sparse_coding/")
@@ -88,6 +97,22 @@ def test_experiment_publish_name(compose_train, experiment):
     config = _job_config(compose_train([f"experiment={experiment}"]))
 
     assert config["publish_as"] == PUBLISHED_AS.get(experiment)
+
+
+SETTINGS = _options("setting")
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_zoo_setting_names_checkpoint(compose_train, setting):
+    config = _job_config(compose_train(["experiment=zoo", "model=lista_cpss", f"setting={setting}"]))
+    problem = build_problem(config["problem"])
+
+    assert config["publish_as"] == f"lista_cpss.{setting}"
+    assert config["run_name"] == f"lista_cpss_16_{setting}"
+    size, variant = setting.split("_", 1)
+    assert size == f"sc{problem.m}x{problem.n}"
+    assert problem.snr_db == (float(variant.removeprefix("snr")) if variant.startswith("snr") else None)
+    assert problem.condition_number == (float(variant.removeprefix("kappa")) if variant.startswith("kappa") else None)
 
 
 def test_shipped_names_match_experiments():
@@ -123,9 +148,22 @@ def test_model_option(compose_train, model):
     module_parameters = inspect.signature(UnrolledModule).parameters
 
     assert config["model"]["name"] == model
-    assert config["model"]["loss"] in ("mse_last", "mse_all")
+    assert config["model"]["loss"] in LOSSES
     assert set(config["model"]["kwargs"]) <= set(network_parameters)
     assert set(config["model"]["optim"]) <= set(module_parameters)
+    module = build_module(config)
+    assert isinstance(module.network, NETWORKS[model])
+    assert module.network.n_layers == config["model"]["n_layers"]
+
+
+def test_slista_option_lasso(compose_train):
+    config = _job_config(compose_train(["model=slista", "model.kwargs.reg=0.05"]))
+
+    module = build_module(config)
+
+    assert config["model"]["loss"] == "lasso"
+    assert module.hparams.lasso_reg == 0.05
+    assert module.network.reg == 0.05
 
 
 def test_model_options_cover_registry():
@@ -183,6 +221,58 @@ def test_logger_none_empty(compose_train, tmp_path):
 
 def test_logger_options_listed():
     assert _options("logger") == ["csv", "none"]
+
+
+def test_protocol_options_listed():
+    assert _options("protocol") == ["end_to_end", "layerwise"]
+
+
+def test_protocol_end_to_end(compose_train):
+    config = _job_config(compose_train(["protocol=end_to_end"]))
+
+    assert build_protocol_callbacks(config) == []
+    assert build_module(config).hparams.lr_schedule == "cosine"
+    assert config == _job_config(compose_train([]))
+
+
+@pytest.mark.parametrize("model", ["alista", "lista_cpss", "tilista"])
+def test_protocol_layerwise(compose_train, model):
+    config = _job_config(compose_train(["protocol=layerwise", f"model={model}", "model.n_layers=8"]))
+
+    (callback,) = build_protocol_callbacks(config)
+    module = build_module(config)
+
+    assert isinstance(callback, LayerwiseTraining)
+    assert callback.lr == 5e-4
+    assert callback.lr_factors == (1.0, 0.2, 0.02)
+    assert callback.n_layers == 8
+    assert module.hparams.lr_schedule == "constant"
+    assert config["data"]["steps_per_epoch"] == 100
+    assert config["trainer"]["max_steps"] == 200000
+
+
+def test_protocol_layerwise_command_line_wins(compose_train):
+    config = _job_config(compose_train(["protocol=layerwise", "data.steps_per_epoch=50", "trainer.max_steps=1000"]))
+
+    assert config["data"]["steps_per_epoch"] == 50
+    assert config["trainer"]["max_steps"] == 1000
+
+
+def test_protocol_unknown_rejected():
+    with pytest.raises(ValueError, match=r"protocol.name must be one of \('end_to_end', 'layerwise'\), got 'greedy'"):
+        protocol_name({"protocol": {"name": "greedy"}})
+
+
+def test_slista_unsupervised_monitors_objective(compose_train, tmp_path):
+    cfg = compose_train(["experiment=slista_unsupervised"], run_dir=tmp_path)
+
+    checkpoint = instantiate(cfg.callbacks.model_checkpoint)
+
+    assert cfg.model.name == "slista"
+    assert cfg.model.loss == "lasso"
+    assert cfg.model.lasso_reg == cfg.model.kwargs.reg
+    assert checkpoint.monitor == "val/lasso_objective"
+    assert checkpoint.mode == "min"
 
 
 def test_sweep_composes(compose_train):

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from models import list_pretrained, load_pretrained, load_run
 from models.hub import CARD_FILE, WEIGHTS_FILE, sha256_file
 from models.module import NonFiniteLossError, UnrolledModule
-from models.training import load_initial_weights, train_from_config
+from models.training import RUN_CONFIG_FILE, load_initial_weights, record_or_check_run_config, train_from_config
 from unrolled.metrics import nmse_db, nmse_db_per_sample
 from unrolled.problems import SparseCoding, build_problem
 
@@ -68,6 +68,17 @@ class StopAfterFirstEpoch(pl.Callback):
 
     def on_train_epoch_end(self, trainer, module) -> None:
         trainer.should_stop = True
+
+
+class StopAfterEpoch(pl.Callback):
+    """End fit after epoch ``epoch`` (from 0), as a killed process would."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        if trainer.current_epoch == self.epoch:
+            trainer.should_stop = True
 
 
 @dataclass
@@ -139,7 +150,9 @@ def script_runs(tmp_path_factory) -> dict[str, ScriptRun]:
     nan_overrides = ["+callbacks.inject_nan._target_=nan_injection.InjectNaN", f"+callbacks.inject_nan.step={NAN_STEP}"]
     runs = {
         "normal": _start_script(folder / "normal", ["publish_as=alista.small"], {"UNROLLED_ZOO_CHECKPOINTS": str(published)}),
-        "nan": _start_script(folder / "nan", nan_overrides, {"PYTHONPATH": python_path, "UNROLLED_ZOO_CHECKPOINTS": str(published)}),
+        "nan": _start_script(
+            folder / "nan", nan_overrides, {"PYTHONPATH": python_path, "UNROLLED_ZOO_CHECKPOINTS": str(published)}
+        ),
     }
     yield runs
     for run in runs.values():
@@ -194,7 +207,9 @@ def test_script_card_metrics_fresh(script_run, script_card):
     assert len(per_layer["nmse_db_per_sample"]) == N_LAYERS
     for k in range(N_LAYERS):
         assert per_layer["nmse_db"][k] == pytest.approx(nmse_db(x_hats[k], x).item(), abs=1e-4), f"layer {k + 1}"
-        assert per_layer["nmse_db_per_sample"][k] == pytest.approx(nmse_db_per_sample(x_hats[k], x).item(), abs=1e-4), f"layer {k + 1}"
+        assert per_layer["nmse_db_per_sample"][k] == pytest.approx(nmse_db_per_sample(x_hats[k], x).item(), abs=1e-4), (
+            f"layer {k + 1}"
+        )
 
 
 def test_script_card_problem_regenerates(script_card):
@@ -448,3 +463,57 @@ def test_resume_with_other_config_rejected(compose_train, tmp_path):
 
     with pytest.raises(ValueError, match=r"trainer.max_steps: run started with \d+, got 99999"):
         _train_in_process(compose_train, tmp_path, ["logger=none", "resume=true", "trainer.max_steps=99999"])
+
+
+# Layer-wise schedule of the small run: with a min_delta of 100 dB only a stage's first check counts as an
+# improvement, so each stage lasts 2 checks (2 epochs of 2 steps): 3 layers x 3 stages x 4 steps.
+LAYERWISE_RUN = ["protocol=layerwise", "protocol.patience=1", "protocol.min_delta=100", "trainer.max_steps=100", "logger=none"]
+LAYERWISE_STEPS = 36
+
+
+def test_layerwise_run_card(compose_train, tmp_path):
+    _train_in_process(compose_train, tmp_path, LAYERWISE_RUN)
+
+    card = json.loads((tmp_path / CARD_FILE).read_text())
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    state = next(value for key, value in checkpoint["callbacks"].items() if "LayerwiseTraining" in key)
+    assert card["training"]["global_steps"] == LAYERWISE_STEPS
+    assert card["training"]["protocol"] == "layerwise"
+    assert card["training"]["layerwise"]["finished"] is True
+    assert (card["training"]["layerwise"]["layer"], card["training"]["layerwise"]["stage"]) == (N_LAYERS, 3)
+    assert card["config"]["protocol"]["n_layers"] == N_LAYERS
+    assert checkpoint["hyper_parameters"]["lr_schedule"] == "constant"
+    assert checkpoint["lr_schedulers"] == []
+    assert state["finished"] is True
+
+
+@IGNORE_EXISTING_CHECKPOINTS
+@IGNORE_MISSING_MONITOR
+def test_layerwise_resume_matches_straight_run(compose_train, tmp_path):
+    straight = tmp_path / "straight"
+    resumed = tmp_path / "resumed"
+    _train_in_process(compose_train, straight, LAYERWISE_RUN)
+    # Epoch 6 ends at step 14, after the first check of layer 2's stage 1.
+    _train_in_process(compose_train, resumed, LAYERWISE_RUN, extra_callbacks=[StopAfterEpoch(6)])
+
+    _train_in_process(compose_train, resumed, [*LAYERWISE_RUN, "resume=true"])
+
+    expected = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=True)
+    actual = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)
+    assert actual["global_step"] == expected["global_step"] == LAYERWISE_STEPS
+    for key, value in expected["state_dict"].items():
+        assert torch.equal(actual["state_dict"][key], value), key
+    for key, value in expected["optimizer_states"][0]["state"].items():
+        assert torch.equal(actual["optimizer_states"][0]["state"][key]["exp_avg"], value["exp_avg"]), key
+
+
+def test_resume_run_config_before_protocol(tmp_path):
+    config = {"seed": 0, "resume": True, "model": {"name": "alista"}, "protocol": {"name": "end_to_end"}}
+    legacy = {key: value for key, value in config.items() if key not in ("resume", "protocol")}
+    (tmp_path / RUN_CONFIG_FILE).write_text(json.dumps({"command": "train.py", "config": legacy}))
+
+    record = record_or_check_run_config(config, tmp_path)
+
+    assert record["config"] == legacy
+    with pytest.raises(ValueError, match="protocol.name: run started with 'end_to_end', got 'layerwise'"):
+        record_or_check_run_config(config | {"protocol": {"name": "layerwise"}}, tmp_path)
