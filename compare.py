@@ -1,6 +1,8 @@
-"""Compare trained unrolled networks with ISTA and FISTA: ``python compare.py runs=[RUN_DIR] pretrained=[NAME]``.
+"""Compare trained unrolled networks with ISTA and FISTA: ``python compare.py runs=[RUN_DIR,...] pretrained=[NAME,...]``.
 
-Hydra composes ``conf/compare.yaml``; the work is done by :func:`unrolled.report.make_report`. The
+Hydra composes ``conf/compare.yaml``; the work is done by :func:`unrolled.report.make_report`. Any
+number of run folders and shipped models can be named, but all of them must be trained on the same
+problem (the same spec), so that their per-layer curves and ISTA and FISTA share one figure. The
 output folder (Hydra's run folder unless ``output_dir`` is given) receives ``report.md``,
 ``report.json`` and ``report.png``; the path of ``report.md`` is printed at the end.
 """
@@ -16,7 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from models import hub
-from unrolled.report import ReportConfig, make_report
+from unrolled.report import ReportConfig, check_one_problem, make_report
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,7 @@ def reg_grid(grid: DictConfig) -> list[float]:
 
 
 def load_models(runs: list[str], pretrained: list[str]) -> list[hub.LoadedModel]:
-    """Load the run folders, then the pretrained models, in the order given."""
+    """Load the run folders, then the pretrained models, in the order given; ``ValueError`` unless they share one problem."""
     if not runs and not pretrained:
         raise ValueError(
             "no models to compare: pass runs=[RUN_DIR,...] (folders written by train.py) and/or "
@@ -50,6 +52,7 @@ def load_models(runs: list[str], pretrained: list[str]) -> list[hub.LoadedModel]
     models = [hub.load_run(path) for path in runs] + [hub.load_pretrained(name) for name in pretrained]
     for model in models:
         log.info("loaded %s: %s with %d layers", model.name, type(model.network).__name__, model.network.n_layers)
+    check_one_problem(models)
     return models
 
 

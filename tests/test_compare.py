@@ -19,7 +19,7 @@ from unrolled.layers import ALISTA
 from unrolled.metrics import nmse_db
 from unrolled.operators import lipschitz_constant
 from unrolled.problems import SparseCoding
-from unrolled.report import load_report
+from unrolled.report import load_report, plot_report
 from unrolled.solvers import fista
 
 pytestmark = pytest.mark.usefixtures("zoo_checkpoints")
@@ -120,8 +120,9 @@ def test_compare_end_to_end(tmp_path):
         f"hydra.run.dir={output_dir}",
     ]
     env = {**os.environ, hub.CHECKPOINTS_ENV: str(checkpoints)}
-    completed = subprocess.run([sys.executable, "compare.py", *overrides], cwd=REPO, env=env,
-                               capture_output=True, text=True, timeout=300)
+    completed = subprocess.run(
+        [sys.executable, "compare.py", *overrides], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
 
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip().splitlines()[-1] == f"Report: {output_dir / 'report.md'}"
@@ -147,3 +148,91 @@ def test_compare_end_to_end(tmp_path):
     assert "## Model run_ista (ALISTA, float64, 6 layers, problem P1)" in markdown
     assert "## Model toy.alista (ALISTA, float32, 4 layers, problem P1)" in markdown
     assert json.loads((output_dir / "report.json").read_text())["settings"]["ista_reg"] == ISTA_REG
+
+
+# Shipped models from the repository's checkpoints/ (read only).
+SHIPPED = REPO / "checkpoints"
+NOISELESS_MODELS = ["alista.sc250x500_noiseless", "lista_cp.sc250x500_noiseless"]
+
+
+def test_compare_models_of_different_problems_fails(tmp_path, monkeypatch):
+    monkeypatch.setenv(hub.CHECKPOINTS_ENV, str(SHIPPED))
+    compare = load_compare_module()
+    cfg = compose_config(["pretrained=[alista.sc250x500_noiseless,alista.sc250x500_snr40]", f"output_dir={tmp_path}"])
+
+    with pytest.raises(ValueError, match="the models are on 2 different problems") as error:
+        compare.run_compare(cfg)
+
+    message = str(error.value)
+    assert "alista.sc250x500_noiseless on 'sparse_coding' (snr_db=None)" in message
+    assert "alista.sc250x500_snr40 on 'sparse_coding' (snr_db=40)" in message
+    assert "compare the models of each problem in a separate report" in message
+    assert os.listdir(tmp_path) == []
+
+
+def test_compare_run_and_model_of_different_problems_fails(tmp_path, monkeypatch):
+    run_dir, _, _ = export_models(tmp_path)
+    monkeypatch.setenv(hub.CHECKPOINTS_ENV, str(SHIPPED))
+    compare = load_compare_module()
+    output_dir = tmp_path / "report"
+    cfg = compose_config([f"runs=[{run_dir}]", "pretrained=[alista.sc250x500_noiseless]", f"output_dir={output_dir}"])
+
+    with pytest.raises(ValueError, match="the models are on 2 different problems") as error:
+        compare.run_compare(cfg)
+
+    assert "run_ista on 'sparse_coding' (m=50, n=100, n_test=64, n_val=64)" in str(error.value)
+    assert "alista.sc250x500_noiseless on 'sparse_coding' (m=250, n=500, n_test=1000, n_val=1000)" in str(error.value)
+    assert not output_dir.exists()
+
+
+def test_compare_shipped_models_one_figure(tmp_path, monkeypatch):
+    monkeypatch.setenv(hub.CHECKPOINTS_ENV, str(SHIPPED))
+    # A run folder on the same problem as the shipped models: an untrained two-layer ALISTA.
+    run_dir = tmp_path / "run_untrained"
+    reference = SparseCoding()
+    hub.export_model(run_dir, "alista", ALISTA(reference.A.float(), 2), {}, reference, {})
+    compare = load_compare_module()
+    output_dir = tmp_path / "report"
+    overrides = [
+        f"runs=[{run_dir}]",
+        f"pretrained=[{','.join(NOISELESS_MODELS)}]",
+        "max_iter=20",
+        "reg_grid.values=[0.001,0.01]",
+        "val_size=16",
+        "timing_repeats=1",
+        "device=cpu",
+        "progress=false",
+        f"output_dir={output_dir}",
+    ]
+
+    markdown_path = compare.run_compare(compose_config(overrides))
+
+    assert markdown_path == output_dir / "report.md"
+    assert sorted(os.listdir(output_dir)) == ["report.json", "report.md", "report.png"]
+    report = load_report(output_dir / "report.json")
+    names = ["run_untrained", *NOISELESS_MODELS]
+    assert [model.name for model in report.models] == names
+    assert [len(model.layers) for model in report.models] == [2, 16, 16]
+    assert len(report.problems) == 1
+    assert report.problems[0].spec == reference.spec()
+
+    figure = plot_report(report)
+    assert len(figure.axes) == 1
+    lines = {line.get_label(): line for line in figure.axes[0].get_lines()}
+    assert sorted(lines) == sorted(
+        [
+            *names,
+            f"ISTA (reg = {report.problems[0].reg('ista').reg:.3g})",
+            f"FISTA (reg = {report.problems[0].reg('fista').reg:.3g})",
+        ]
+    )
+    for model in report.models:
+        assert list(lines[model.name].get_xdata()) == [layer.n_layers for layer in model.layers]
+        assert list(lines[model.name].get_ydata()) == [layer.nmse_db for layer in model.layers]
+    cards = {name: json.loads((SHIPPED / f"{name}.json").read_text()) for name in NOISELESS_MODELS}
+    for model in report.models[1:]:
+        # The report runs the float32 networks in float32, the cards were measured in float64.
+        card_nmse = cards[model.name]["test_metrics"]["per_layer"]["nmse_db"]
+        assert [layer.nmse_db for layer in model.layers] == pytest.approx(card_nmse, abs=0.5)
+    assert len({line.get_color() for line in lines.values()}) == len(lines)
+    assert (output_dir / "report.png").read_bytes().startswith(b"\x89PNG")

@@ -1,13 +1,34 @@
-"""Every shipped checkpoint loads offline and its model card's test figures re-measure to 0.01 dB."""
+"""Every shipped checkpoint loads offline, its model card's test figures re-measure to 0.01 dB, timm
+serves the 16-layer ones, and the loaders reject a problem whose operator has another shape."""
+
+import fnmatch
+import json
+import logging
 
 import pytest
+import timm
 import torch
 
 import models
+from models.hub import checkpoints_dir
+from models.timm_entrypoints import entrypoint_name
 from unrolled.metrics import nmse_db, nmse_db_per_sample, psnr_db
+from unrolled.problems import SparseCoding
 from unrolled.solvers import fista
 
 PRETRAINED = models.list_pretrained()
+
+
+def _timm_name(name: str) -> str | None:
+    """Return ``<network>_t16.<tag>`` for a shipped 16-layer checkpoint of a registered network, else None."""
+    card = json.loads((checkpoints_dir() / f"{name}.json").read_text())
+    network, _, tag = name.partition(".")
+    if card["n_layers"] != 16 or card["network"] != network or network not in models.NETWORKS:
+        return None
+    return f"{entrypoint_name(network)}.{tag}"
+
+
+SHIPPED_T16 = {name: _timm_name(name) for name in PRETRAINED if _timm_name(name) is not None}
 
 
 def test_zoo_ships_the_required_models():
@@ -34,7 +55,9 @@ def test_card_metrics_remeasure(name):
     assert measured_per_sample == pytest.approx(card["nmse_db_per_sample"], abs=0.01)
     if "psnr_db" in card:
         signal = loaded.problem.signal(x)
-        measured_psnr = [psnr_db(loaded.problem.signal(x_hat.double()), signal, loaded.problem.signal_range).item() for x_hat in x_hats]
+        measured_psnr = [
+            psnr_db(loaded.problem.signal(x_hat.double()), signal, loaded.problem.signal_range).item() for x_hat in x_hats
+        ]
         assert measured_psnr == pytest.approx(card["psnr_db"], abs=0.01)
 
 
@@ -77,3 +100,73 @@ def test_alista_snr40_beats_fista_any_reg():
     best = min(range(len(regs)), key=fista_nmse.__getitem__)
     assert 0 < best < len(regs) - 1, fista_nmse
     assert alista_nmse <= fista_nmse[best], (alista_nmse, fista_nmse)
+
+
+def test_zoo_ships_16_layer_models():
+    assert {"alista.sc250x500_noiseless", "lista_cp.sc250x500_noiseless"} <= set(SHIPPED_T16)
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED_T16))
+def test_timm_pretrained_bit_identical(name):
+    from_timm = timm.create_model(SHIPPED_T16[name], pretrained=True)
+    from_hub = models.load_pretrained(name).network
+
+    assert type(from_timm) is type(from_hub)
+    assert not from_timm.training
+    assert from_timm.state_dict().keys() == from_hub.state_dict().keys()
+    for key, value in from_hub.state_dict().items():
+        assert from_timm.state_dict()[key].dtype == value.dtype, key
+        assert torch.equal(from_timm.state_dict()[key], value), key
+
+
+def test_timm_lists_shipped_models():
+    listed = timm.list_models("*lista*", pretrained=True)
+
+    assert set(fnmatch.filter(SHIPPED_T16.values(), "*lista*")) <= set(listed)
+    assert "alista_t16.sc250x500_noiseless" in listed
+    assert set(SHIPPED_T16.values()) <= set(timm.list_models(pretrained=True))
+
+
+def test_timm_lists_entrypoints():
+    listed = timm.list_models("*lista*")
+
+    assert {"alista_t16", "lista_t16", "lista_cp_t16"} <= set(listed)
+    assert set(fnmatch.filter([entrypoint_name(name) for name in models.NETWORKS], "*lista*")) <= set(listed)
+
+
+def test_load_pretrained_problem_shape_mismatch():
+    with pytest.raises(ValueError, match="alista.sc250x500_noiseless was trained for an operator A of shape") as error:
+        models.load_pretrained("alista.sc250x500_noiseless", problem=SparseCoding(m=50, n=100, n_val=8, n_test=8))
+
+    message = str(error.value)
+    assert "(250, 500)" in message
+    assert "(50, 100)" in message
+
+
+def test_load_pretrained_other_operator_warns(caplog):
+    other = SparseCoding(operator_seed=11, n_val=8, n_test=8)
+
+    with caplog.at_level(logging.WARNING, logger="models.hub"):
+        loaded = models.load_pretrained("alista.sc250x500_noiseless", problem=other)
+
+    assert (
+        "alista.sc250x500_noiseless: the weights were learned for another operator A of the same shape (250, 500)" in caplog.text
+    )
+    assert loaded.problem is other
+
+
+def test_load_pretrained_card_problem_silent(caplog):
+    card_problem = models.load_pretrained("alista.sc250x500_snr40").card["problem"]
+
+    with caplog.at_level(logging.INFO, logger="models.hub"):
+        loaded = models.load_pretrained("alista.sc250x500_snr40", problem=card_problem)
+
+    assert caplog.records == []
+    assert loaded.problem.spec() == card_problem
+
+
+def test_pretrained_wrong_measurement_length():
+    network = models.load_pretrained("alista.sc250x500_noiseless").network
+
+    with pytest.raises(ValueError, match=r"y must have shape \(\.\.\., m\) with m = A.shape\[0\] = 250, got shape \(4, 500\)"):
+        network(torch.zeros(4, 500))

@@ -8,7 +8,7 @@ Problems get PSNR columns when they define ``signal_range``, the peak-to-peak ra
 ``problem.signal(x)`` (for example 1.0 for images in [0, 1]).
 """
 
-from unrolled.report.compute import DEFAULT_REG_GRID, ModelEntry, NamedModel, ReportConfig, compute_report
+from unrolled.report.compute import DEFAULT_REG_GRID, ModelEntry, NamedModel, ReportConfig, check_one_problem, compute_report
 from unrolled.report.output import load_report, make_report, write_report
 from unrolled.report.plot import plot_report, render_png
 from unrolled.report.results import Report, report_from_dict, report_to_dict
@@ -20,6 +20,7 @@ __all__ = [
     "NamedModel",
     "Report",
     "ReportConfig",
+    "check_one_problem",
     "compute_report",
     "load_report",
     "make_report",

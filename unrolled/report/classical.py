@@ -63,11 +63,21 @@ def choose_reg(
 
     best = min(range(n_values), key=lambda index: (math.isnan(scores[index]), scores[index]))
     choice = RegChoice(solver, float(grid[best]), False, [float(value) for value in grid], scores, batch)
-    log.info("%s: reg = %.4g chosen from %d values (validation NMSE %.2f dB after %d iterations on %d samples)",
-             solver.upper(), choice.reg, n_values, scores[best], max_iter, batch)
+    log.info(
+        "%s: reg = %.4g chosen from %d values (validation NMSE %.2f dB after %d iterations on %d samples)",
+        solver.upper(),
+        choice.reg,
+        n_values,
+        scores[best],
+        max_iter,
+        batch,
+    )
     if n_values > 1 and best in (0, n_values - 1):
-        log.warning("%s: the chosen reg %.4g is at the edge of the grid; widen the grid to check that it is the "
-                    "validation optimum.", solver.upper(), choice.reg)
+        log.warning(
+            "%s: the chosen reg %.4g is at the edge of the grid; widen the grid to check that it is the validation optimum.",
+            solver.upper(),
+            choice.reg,
+        )
     return choice
 
 
@@ -75,8 +85,14 @@ def run_traced(solver: str, A: Tensor, y: Tensor, x: Tensor, reg: float, max_ite
     """Run ``solver`` for ``max_iter`` iterations on the test set with a trace of NMSE and time per iteration."""
     result = solve(solver, A, y, reg, max_iter, x_true=x, trace=True, progress=progress)
     trace = result.trace
-    log.info("%s: test NMSE %.2f dB (aggregate), %.2f dB (per-sample mean) after %d iterations in %.2f s",
-             solver.upper(), trace.nmse_db[-1], trace.nmse_db_per_sample[-1], max_iter, trace.time_s[-1])
+    log.info(
+        "%s: test NMSE %.2f dB (aggregate), %.2f dB (per-sample mean) after %d iterations in %.2f s",
+        solver.upper(),
+        trace.nmse_db[-1],
+        trace.nmse_db_per_sample[-1],
+        max_iter,
+        trace.time_s[-1],
+    )
     return ClassicalRun(solver, reg, max_iter, trace)
 
 
@@ -98,7 +114,9 @@ def measure_at_iterations(
     for n_iter in sorted(set(iteration_counts)):
         estimate = solve(solver, A, y, reg, n_iter).x
         psnr = signal_psnr_db(problem, estimate, x, signal_range) if signal_range is not None else None
-        measurements.append(IterationMetrics(solver, n_iter, float(nmse_db(estimate, x)), float(nmse_db_per_sample(estimate, x)), psnr))
+        measurements.append(
+            IterationMetrics(solver, n_iter, float(nmse_db(estimate, x)), float(nmse_db_per_sample(estimate, x)), psnr)
+        )
     return measurements
 
 

@@ -130,6 +130,31 @@ def compute_report(models: Sequence[ModelEntry], config: ReportConfig | None = N
     return Report(machine=machine, settings=_settings(config), problems=problems, models=results)
 
 
+def check_one_problem(models: Sequence[ModelEntry]) -> None:
+    """Raise ``ValueError`` naming every model and its problem unless all ``models`` have the same problem spec.
+
+    The message gives, per problem, the models on it and the spec entries that tell the problems apart.
+    """
+    groups, group_of_model = _group_by_problem(models)
+    if len(groups) <= 1:
+        return
+
+    specs = [group.problem.spec() for group in groups]
+    all_keys = {key for spec in specs for key in spec}
+    differing = sorted(
+        key for key in all_keys if len({json.dumps(spec.get(key), sort_keys=True, default=str) for spec in specs}) > 1
+    )
+    descriptions = []
+    for group, spec in zip(groups, specs):
+        names = [model.name for model, model_group in zip(models, group_of_model) if model_group is group]
+        values = ", ".join(f"{key}={spec.get(key)!r}" for key in differing)
+        descriptions.append(f"{', '.join(names)} on {spec.get('name')!r} ({values})")
+    raise ValueError(
+        f"the models are on {len(groups)} different problems: {'; '.join(descriptions)}. "
+        "One report compares models of one problem; compare the models of each problem in a separate report."
+    )
+
+
 def _group_by_problem(models: Sequence[ModelEntry]) -> tuple[list[_ProblemGroup], list[_ProblemGroup]]:
     groups: dict[str, _ProblemGroup] = {}
     group_of_model = []
@@ -203,14 +228,18 @@ def _compute_model(
     layers = []
     for layer in metrics:
         forward_s = time_forward(network, y_network, layer.n_layers, config.timing_repeats)
-        classical = [
-            _compare_solver(problem_result.run(solver), layer.nmse_db, layer.n_layers) for solver in SOLVERS
-        ]
+        classical = [_compare_solver(problem_result.run(solver), layer.nmse_db, layer.n_layers) for solver in SOLVERS]
         layers.append(LayerResult(layer.n_layers, layer.nmse_db, layer.nmse_db_per_sample, layer.psnr_db, forward_s, classical))
 
     last = layers[-1]
-    log.info("%s (%s, %d layers): test NMSE %.2f dB (aggregate), %.2f dB (per-sample mean)",
-             name, group.problem_id, last.n_layers, last.nmse_db, last.nmse_db_per_sample)
+    log.info(
+        "%s (%s, %d layers): test NMSE %.2f dB (aggregate), %.2f dB (per-sample mean)",
+        name,
+        group.problem_id,
+        last.n_layers,
+        last.nmse_db,
+        last.nmse_db_per_sample,
+    )
     return ModelResult(name, group.problem_id, type(network).__name__, str(network.A.dtype).removeprefix("torch."), layers)
 
 

@@ -37,7 +37,9 @@ def load_report(path: str | Path) -> Report:
     return report_from_dict(json.loads(Path(path).read_text()))
 
 
-def make_report(models: Sequence[ModelEntry], output_dir: str | Path, config: ReportConfig | None = None) -> tuple[Report, dict[str, Path]]:
+def make_report(
+    models: Sequence[ModelEntry], output_dir: str | Path, config: ReportConfig | None = None
+) -> tuple[Report, dict[str, Path]]:
     """Compute the report of ``models`` (see :func:`~unrolled.report.compute.compute_report`) and write its files."""
     report = compute_report(models, config)
     return report, write_report(report, output_dir)

@@ -103,11 +103,22 @@ def _problem_section(problem: ProblemResult, max_iter: int) -> str:
     for solver in ("ista", "fista"):
         choice, trace = problem.reg(solver), problem.run(solver).trace
         chosen_by = "fixed" if choice.fixed else f"grid, {choice.val_size} validation samples"
-        rows.append([solver.upper(), f"{choice.reg:.4g}", chosen_by, format_db(trace.nmse_db[-1]),
-                     format_db(trace.nmse_db_per_sample[-1]), f"{trace.time_s[-1]:.3g}"])
+        rows.append(
+            [
+                solver.upper(),
+                f"{choice.reg:.4g}",
+                chosen_by,
+                format_db(trace.nmse_db[-1]),
+                format_db(trace.nmse_db_per_sample[-1]),
+                f"{trace.time_s[-1]:.3g}",
+            ]
+        )
     headers = ["solver", "reg", "chosen by", f"NMSE after {max_iter} (dB)", "per-sample (dB)", "time (s)"]
-    parts = [f"## Problem {problem.problem_id}: {problem.spec.get('name', '')}",
-             f"{problem.n_test} test samples. Spec: `{spec}`", markdown_table(headers, rows)]
+    parts = [
+        f"## Problem {problem.problem_id}: {problem.spec.get('name', '')}",
+        f"{problem.n_test} test samples. Spec: `{spec}`",
+        markdown_table(headers, rows),
+    ]
     grid_table = _grid_table(problem)
     if grid_table:
         parts += ["Validation NMSE (aggregate, dB) after `max_iter` iterations for each grid value:", grid_table]
@@ -133,11 +144,21 @@ def _model_section(model: ModelResult, problem: ProblemResult) -> str:
     has_psnr = problem.signal_range is not None
     max_iter = problem.run("ista").max_iter
     headers = ["k", "NMSE (dB)", "per-sample (dB)"] + (["PSNR (dB)"] if has_psnr else [])
-    headers += ["forward (ms)", "ISTA iterations to reach", "ISTA time (ms)", "FISTA iterations to reach",
-                "FISTA time (ms)", "FISTA / forward", "ISTA NMSE after k (dB)", "FISTA NMSE after k (dB)"]
+    headers += [
+        "forward (ms)",
+        "ISTA iterations to reach",
+        "ISTA time (ms)",
+        "FISTA iterations to reach",
+        "FISTA time (ms)",
+        "FISTA / forward",
+        "ISTA NMSE after k (dB)",
+        "FISTA NMSE after k (dB)",
+    ]
     headers += ["FISTA PSNR after k (dB)"] if has_psnr else []
     rows = [_layer_row(layer, problem, max_iter) for layer in model.layers]
-    title = f"## Model {model.name} ({model.network_class}, {model.dtype}, {len(model.layers)} layers, problem {model.problem_id})"
+    title = (
+        f"## Model {model.name} ({model.network_class}, {model.dtype}, {len(model.layers)} layers, problem {model.problem_id})"
+    )
     return title + "\n\n" + markdown_table(headers, rows)
 
 
@@ -146,9 +167,16 @@ def _layer_row(layer: LayerResult, problem: ProblemResult, max_iter: int) -> lis
     row = [str(layer.n_layers), format_db(layer.nmse_db), format_db(layer.nmse_db_per_sample)]
     if problem.signal_range is not None:
         row.append(format_db(layer.psnr_db))
-    row += [format_ms(layer.forward_s), format_iterations(ista.iterations_to_reach, max_iter), format_ms(ista.time_to_reach_s),
-            format_iterations(fista.iterations_to_reach, max_iter), format_ms(fista.time_to_reach_s),
-            _speedup(fista, layer.forward_s), format_db(ista.nmse_db_at_k), format_db(fista.nmse_db_at_k)]
+    row += [
+        format_ms(layer.forward_s),
+        format_iterations(ista.iterations_to_reach, max_iter),
+        format_ms(ista.time_to_reach_s),
+        format_iterations(fista.iterations_to_reach, max_iter),
+        format_ms(fista.time_to_reach_s),
+        _speedup(fista, layer.forward_s),
+        format_db(ista.nmse_db_at_k),
+        format_db(fista.nmse_db_at_k),
+    ]
     if problem.signal_range is not None:
         fista_at_k = problem.metrics_at("fista", layer.n_layers)
         row.append(format_db(fista_at_k.psnr_db if fista_at_k else None))
@@ -166,12 +194,24 @@ def _image_section(problem: ProblemResult, report: Report) -> str:
     rows = []
     for model in (model for model in report.models if model.problem_id == problem.problem_id):
         last = model.layers[-1]
-        rows.append([f"{model.name}, {last.n_layers} layers", format_db(last.psnr_db), format_db(last.nmse_db),
-                     format_db(last.nmse_db_per_sample)])
+        rows.append(
+            [
+                f"{model.name}, {last.n_layers} layers",
+                format_db(last.psnr_db),
+                format_db(last.nmse_db),
+                format_db(last.nmse_db_per_sample),
+            ]
+        )
     for point in problem.iteration_metrics:
         if point.n_iter in _image_rows(problem, report):
-            rows.append([f"FISTA, {point.n_iter} iterations", format_db(point.psnr_db), format_db(point.nmse_db),
-                         format_db(point.nmse_db_per_sample)])
+            rows.append(
+                [
+                    f"FISTA, {point.n_iter} iterations",
+                    format_db(point.psnr_db),
+                    format_db(point.nmse_db),
+                    format_db(point.nmse_db_per_sample),
+                ]
+            )
     title = f"## Image problem {problem.problem_id}: models beside FISTA (reg = {problem.reg('fista').reg:.4g})"
     return title + "\n\n" + markdown_table(headers, rows)
 

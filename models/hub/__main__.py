@@ -1,0 +1,168 @@
+"""Command line of the hub: ``python -m models.hub list`` and ``python -m models.hub verify [NAME ...]``.
+
+``list`` prints one row per shipped checkpoint from its card. ``verify`` regenerates each model's
+test set from the seeds in its card, re-measures the NMSE of every layer in float64 and exits with
+status 1 when any layer of either convention differs from the card by more than the tolerance.
+Tables go to stdout, progress and errors to stderr. The folder is ``$UNROLLED_ZOO_CHECKPOINTS``
+or ``checkpoints/`` of this checkout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+from collections.abc import Sequence
+
+from models.hub.loading import CHECKPOINTS_ENV, checkpoints_dir, list_pretrained
+from models.hub.verify import DEFAULT_TOLERANCE_DB, summarize_checkpoint, verify_models
+
+log = logging.getLogger("models.hub")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m models.hub",
+        description=f"List and verify the shipped checkpoints (folder: ${CHECKPOINTS_ENV} or checkpoints/).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser(
+        "list",
+        help="print name, network, tag, problem, layers, test NMSE at the last layer and weights size of every shipped model",
+    )
+    verify = commands.add_parser(
+        "verify",
+        help="re-measure the test NMSE of every layer in float64 and compare with the model cards",
+    )
+    verify.add_argument("names", nargs="*", metavar="NAME", help="shipped models to verify (default: all of them)")
+    verify.add_argument(
+        "--tolerance-db",
+        type=float,
+        default=DEFAULT_TOLERANCE_DB,
+        help=f"largest accepted deviation from the card, in dB, on every layer and in both NMSE conventions (default {DEFAULT_TOLERANCE_DB})",
+    )
+    return parser
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], align: str) -> str:
+    """Align ``rows`` under ``headers``. ``align`` has one letter per column, ``l`` (left) or ``r`` (right)."""
+    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows)]
+    lines = []
+    for cells in [headers, *rows]:
+        aligned = [cell.ljust(width) if side == "l" else cell.rjust(width) for cell, width, side in zip(cells, widths, align)]
+        lines.append("  ".join(aligned).rstrip())
+    return "\n".join(lines)
+
+
+def format_number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def run_list() -> int:
+    """Print the table of the shipped checkpoints and return the exit status, 0."""
+    names = list_pretrained()
+    if not names:
+        print(f"no checkpoints in {checkpoints_dir()}")
+        return 0
+
+    headers = ["name", "network", "tag", "problem", "layers", "NMSE (dB)", "per-sample NMSE (dB)", "weights (MB)"]
+    rows = []
+    for name in names:
+        summary = summarize_checkpoint(name)
+        rows.append(
+            [
+                summary.name,
+                summary.network or "-",
+                summary.tag or "-",
+                summary.problem or "-",
+                "-" if summary.n_layers is None else str(summary.n_layers),
+                format_number(summary.nmse_db),
+                format_number(summary.nmse_db_per_sample),
+                format_number(summary.weights_mb),
+            ]
+        )
+    print(f"{len(names)} checkpoints in {checkpoints_dir()}; test NMSE after the last layer, float64")
+    print(format_table(headers, rows, align="llllrrrr"))
+    return 0
+
+
+def run_verify(names: list[str], tolerance_db: float) -> int:
+    """Verify ``names`` (all shipped models when empty) and print one row per model. Return 0 if all pass, else 1."""
+    names = names or list_pretrained()
+    if not names:
+        log.error("no checkpoints to verify in %s; set %s to the folder of the model cards.", checkpoints_dir(), CHECKPOINTS_ENV)
+        return 1
+
+    log.info(
+        "verifying %d models in %s: every layer, both NMSE conventions, tolerance %g dB",
+        len(names),
+        checkpoints_dir(),
+        tolerance_db,
+    )
+    results = verify_models(names, tolerance_db)
+
+    headers = [
+        "name",
+        "layers",
+        "card NMSE (dB)",
+        "measured NMSE (dB)",
+        "card per-sample (dB)",
+        "measured per-sample (dB)",
+        "max deviation (dB)",
+        "at",
+        "status",
+    ]
+    rows = [
+        [
+            result.name,
+            "-" if result.n_layers is None else str(result.n_layers),
+            format_number(result.card_nmse_db),
+            format_number(result.measured_nmse_db),
+            format_number(result.card_nmse_db_per_sample),
+            format_number(result.measured_nmse_db_per_sample),
+            "-" if result.max_deviation_db is None else f"{result.max_deviation_db:.2g}",
+            result.max_deviation_at if result.max_deviation_db else "-",
+            "OK" if result.ok else "FAILED",
+        ]
+        for result in results
+    ]
+    print(format_table(headers, rows, align="lrrrrrrlr"))
+    for result in results:
+        if result.error is not None:
+            print(f"{result.name}: {result.error}")
+
+    failed = [result.name for result in results if not result.ok]
+    if failed:
+        log.error(
+            "verify FAILED for %d of %d models: %s. The weights, the card or the network code changed since the card "
+            "was written. Restore the changed file, or re-measure with models.hub.refresh_test_metrics if the weights "
+            "and the code are right.",
+            len(failed),
+            len(results),
+            ", ".join(failed),
+        )
+        return 1
+    print(f"OK: all {len(results)} models match their cards within {tolerance_db:g} dB on every layer")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+
+    if args.command == "list":
+        return run_list()
+
+    if not (math.isfinite(args.tolerance_db) and args.tolerance_db >= 0):
+        parser.error(f"--tolerance-db must be a finite number >= 0, got {args.tolerance_db}")
+    known = list_pretrained()
+    unknown = [name for name in args.names if name not in known]
+    if unknown:
+        parser.error(f"unknown models {', '.join(unknown)} in {checkpoints_dir()}; available: {', '.join(known) or 'none'}")
+    return run_verify(args.names, args.tolerance_db)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
