@@ -396,3 +396,18 @@ def test_tilista_starts_at_alista():
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
     assert isinstance(tilista.W, nn.Parameter)
     assert "W" in dict(tilista.named_parameters())
+
+
+def test_alista_analytic_weight_not_stored():
+    A, _, _ = _data()
+
+    assert "W" not in ALISTA(A, N_LAYERS).state_dict()
+    assert "W" in ALISTA(A, N_LAYERS, W=A).state_dict()
+
+
+def test_alista_given_weight_not_loaded_silently():
+    A, _, _ = _data()
+    custom = ALISTA(A, N_LAYERS, W=A)
+
+    with pytest.raises(RuntimeError, match='Unexpected key\\(s\\) in state_dict: "W"'):
+        ALISTA(A, N_LAYERS).load_state_dict(custom.state_dict(), strict=True)

@@ -48,10 +48,13 @@ class ALISTA(UnrolledISTA):
         W: Tensor | None = None,
     ) -> None:
         super().__init__(A, n_layers, support_selection)
-        W = alista_weight(A) if W is None else W.detach().clone()
+        analytic = W is None
+        W = alista_weight(A) if analytic else W.detach().clone()
         if W.shape != A.shape:
             raise ValueError(f"W must have the shape of A, {tuple(A.shape)}, got {tuple(W.shape)}.")
-        self.register_buffer("W", W)
+        # The analytic W is recomputed from A, so the weights file need not store it. A given W is
+        # stored, and loading it into a network built without it fails instead of silently using another W.
+        self.register_buffer("W", W, persistent=not analytic)
         self.step_size = per_layer(step_size, n_layers, A.dtype)
         self.threshold = per_layer(step_size * reg, n_layers, A.dtype)
 
