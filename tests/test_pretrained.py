@@ -41,6 +41,20 @@ def test_zoo_ships_the_required_models():
     assert required <= set(PRETRAINED)
 
 
+def test_zoo_under_40_mb():
+    total = sum(path.stat().st_size for path in checkpoints_dir().iterdir() if path.is_file())
+
+    assert total < 40 * 2**20, f"checkpoints/ holds {total / 2**20:.1f} MiB; the zoo must stay under 40 MiB"
+
+
+def test_cards_name_their_weights():
+    for name in PRETRAINED:
+        card = json.loads((checkpoints_dir() / f"{name}.json").read_text())
+
+        assert card["weights_file"] == f"{name}.safetensors", name
+        assert name.partition(".")[0] == card["network"], name
+
+
 @pytest.mark.parametrize("name", PRETRAINED)
 def test_card_metrics_remeasure(name):
     loaded = models.load_pretrained(name)
