@@ -201,7 +201,11 @@ def test_callbacks_instantiate(compose_train, tmp_path):
     assert isinstance(callbacks["progress_bar"], TQDMProgressBar)
     assert callbacks["model_checkpoint"].dirpath == str(tmp_path / "checkpoints")
     assert callbacks["model_checkpoint"].monitor == "val/nmse_db"
-    assert callbacks["model_checkpoint"].save_last is True
+    assert callbacks["model_checkpoint"].save_last is False
+    assert isinstance(callbacks["last_checkpoint"], ModelCheckpoint)
+    assert callbacks["last_checkpoint"].dirpath == str(tmp_path / "checkpoints")
+    assert callbacks["last_checkpoint"].monitor is None
+    assert callbacks["last_checkpoint"].filename == "last"
 
 
 def test_logger_csv_instantiates(compose_train, tmp_path):

@@ -297,6 +297,18 @@ def test_ckpt_other_device_map_location(script_run, tmp_path, monkeypatch):
         assert torch.equal(module.network.state_dict()[key], value), key
 
 
+@IGNORE_MISSING_MONITOR
+def test_last_ckpt_written_without_improvement(compose_train, tmp_path):
+    # At this rate no parameter changes in float32, so validation never improves after epoch 0.
+    _train_in_process(compose_train, tmp_path, ["logger=none", "model.optim.lr=1e-30"])
+
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    best = sorted((tmp_path / "checkpoints").glob("epoch*.ckpt"))
+
+    assert last["global_step"] == MAX_STEPS
+    assert [path.name for path in best] == ["epoch000.ckpt"]
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gpu_ckpt_loads_on_cpu(compose_train, tmp_path):
