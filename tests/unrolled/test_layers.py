@@ -405,9 +405,14 @@ def test_alista_analytic_weight_not_stored():
     assert "W" in ALISTA(A, N_LAYERS, W=A).state_dict()
 
 
-def test_alista_given_weight_not_loaded_silently():
-    A, _, _ = _data()
+def test_alista_stored_weight_adopted_on_load():
+    A, y, _ = _data()
     custom = ALISTA(A, N_LAYERS, W=A)
+    rebuilt = ALISTA(A, N_LAYERS)
 
-    with pytest.raises(RuntimeError, match='Unexpected key\\(s\\) in state_dict: "W"'):
-        ALISTA(A, N_LAYERS).load_state_dict(custom.state_dict(), strict=True)
+    rebuilt.load_state_dict(custom.state_dict(), strict=True)
+
+    torch.testing.assert_close(rebuilt.W, A, rtol=0, atol=0)
+    assert "W" in rebuilt.state_dict()
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(y), custom(y), rtol=0, atol=0)

@@ -53,10 +53,16 @@ class ALISTA(UnrolledISTA):
         if W.shape != A.shape:
             raise ValueError(f"W must have the shape of A, {tuple(A.shape)}, got {tuple(W.shape)}.")
         # The analytic W is recomputed from A, so the weights file need not store it. A given W is
-        # stored, and loading it into a network built without it fails instead of silently using another W.
+        # stored, and a network built with the analytic W adopts a stored W when it loads one.
         self.register_buffer("W", W, persistent=not analytic)
         self.step_size = per_layer(step_size, n_layers, A.dtype)
         self.threshold = per_layer(step_size * reg, n_layers, A.dtype)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        # A weights file holds W only when it is not the analytic weight of A, so a stored W wins.
+        if prefix + "W" in state_dict and "W" in self._non_persistent_buffers_set:
+            self._non_persistent_buffers_set.discard("W")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
     def layer(self, k: int, x: Tensor, y: Tensor) -> Tensor:
         return ista_step(x, x @ self.A.T - y, self.W, self.step_size[k], self.threshold[k], self.bypass_fraction(k))
