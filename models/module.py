@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import Any
 
 import pytorch_lightning as pl
@@ -86,6 +87,8 @@ class UnrolledModule(pl.LightningModule):
         if lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}.")
         self.save_hyperparameters()
+        # Training time of the sessions before a resume, restored from the checkpoint.
+        self.training_time_before_s = 0.0
         self.problem = build_problem(problem)
         self.network = build_network(network, self.problem.A.to(torch.float32), n_layers, **(network_kwargs or {}))
         self.val_nmse = LayerwiseNMSE(n_layers)
@@ -133,6 +136,20 @@ class UnrolledModule(pl.LightningModule):
         self.val_nmse.update(x_hats, x)
         if self.hparams.lasso_reg is not None:
             self.val_lasso.update(self.lasso(x_hats[-1], y, torch.float64))
+
+    def on_train_start(self) -> None:
+        self._fit_started = time.perf_counter()
+
+    def training_time_s(self) -> float:
+        """Wall-clock seconds of training so far, over every session of a resumed run."""
+        started = getattr(self, "_fit_started", None)
+        return self.training_time_before_s + (time.perf_counter() - started if started is not None else 0.0)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["training_time_s"] = self.training_time_s()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.training_time_before_s = float(checkpoint.get("training_time_s", 0.0))
 
     def on_validation_epoch_end(self) -> None:
         values = self.val_nmse.compute()

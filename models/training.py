@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -122,8 +121,9 @@ def record_or_check_run_config(config: dict[str, Any], run_dir: Path) -> dict[st
     (``command`` and ``config``).
     """
     path = run_dir / RUN_CONFIG_FILE
-    # The thread count changes speed, not results, so a resumed run may choose its own.
-    current = {key: value for key, value in config.items() if key not in ("resume", "num_threads")}
+    # The thread count changes speed, not results, and publish_overwrite only where the files go,
+    # so a resumed run may choose its own.
+    current = {key: value for key, value in config.items() if key not in ("resume", "num_threads", "publish_overwrite")}
     if not config.get("resume") or not path.is_file():
         record = {"command": " ".join(sys.argv), "config": current}
         write_atomic(path, (json.dumps(record, indent=2) + "\n").encode())
@@ -133,6 +133,9 @@ def record_or_check_run_config(config: dict[str, Any], run_dir: Path) -> dict[st
     saved_config = {"protocol": DEFAULT_PROTOCOL} | record["config"]
     saved, new = _flatten(saved_config), _flatten(current)
     changed = sorted(key for key in saved.keys() | new.keys() if saved.get(key) != new.get(key))
+    if protocol_name(saved_config) == protocol_name(current) == "layerwise":
+        # The layer-wise schedule does not depend on the cap, so a capped run may resume with a larger one.
+        changed = [key for key in changed if key != "trainer.max_steps"]
     if changed:
         details = "; ".join(f"{key}: run started with {saved.get(key)!r}, got {new.get(key)!r}" for key in changed)
         raise ValueError(
@@ -149,6 +152,7 @@ def train(config: dict[str, Any], run_dir: Path, callbacks: list[pl.Callback], l
     training continues from ``run_dir/checkpoints/last.ckpt`` (same batches, optimiser and schedule
     state as an uninterrupted run, since batch i of epoch e is drawn from a seed fixed by (e, i)).
     """
+    check_publish_target(config)
     run_record = record_or_check_run_config(config, run_dir)
     pl.seed_everything(config["seed"], workers=True)
     problem = build_problem(config["problem"])
@@ -171,9 +175,9 @@ def train(config: dict[str, Any], run_dir: Path, callbacks: list[pl.Callback], l
     if resume_from is not None:
         log.info("Resuming from %s", resume_from)
 
-    start = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=str(resume_from) if resume_from else None)
-    training_time = time.perf_counter() - start
+    # Read before trainer.test, which loads the best checkpoint and its recorded time.
+    training_time = module.training_time_s()
     # Read before trainer.test, which restores the callbacks' state of the best checkpoint.
     protocol_states = {type(callback).__name__: callback.state_dict() for callback in protocol_callbacks}
 
@@ -211,6 +215,19 @@ def train(config: dict[str, Any], run_dir: Path, callbacks: list[pl.Callback], l
     if config.get("publish_as"):
         publish(run_dir, config["publish_as"])
     return {"card_path": str(card_path), "test_nmse_db": last}
+
+
+def check_publish_target(config: dict[str, Any]) -> None:
+    """Raise before training if ``publish_as`` names a checkpoint that exists and ``publish_overwrite`` is false."""
+    name = config.get("publish_as")
+    if not name or config.get("publish_overwrite"):
+        return
+    card = checkpoints_dir() / f"{name}.json"
+    if card.exists():
+        raise FileExistsError(
+            f"publish_as={name!r} would replace the checkpoint {card}. Pass publish_overwrite=true to replace it, "
+            "publish_as=<another name> to publish beside it, or publish_as=null to keep the run in its folder only."
+        )
 
 
 def publish(run_dir: Path, name: str) -> None:

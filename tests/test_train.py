@@ -529,3 +529,39 @@ def test_resume_run_config_before_protocol(tmp_path):
     assert record["config"] == legacy
     with pytest.raises(ValueError, match="protocol.name: run started with 'end_to_end', got 'layerwise'"):
         record_or_check_run_config(config | {"protocol": {"name": "layerwise"}}, tmp_path)
+
+
+def test_layerwise_resume_with_larger_cap(tmp_path):
+    config = {"seed": 0, "resume": False, "protocol": {"name": "layerwise"}, "trainer": {"max_steps": 100}}
+    record_or_check_run_config(config, tmp_path)
+
+    resumed = config | {"resume": True, "trainer": {"max_steps": 400}}
+
+    assert record_or_check_run_config(resumed, tmp_path)["config"]["trainer"]["max_steps"] == 100
+    with pytest.raises(ValueError, match="seed: run started with 0, got 1"):
+        record_or_check_run_config(resumed | {"seed": 1}, tmp_path)
+
+
+@IGNORE_EXISTING_CHECKPOINTS
+def test_resume_card_adds_training_time(compose_train, tmp_path):
+    _train_in_process(compose_train, tmp_path, ["logger=none"], extra_callbacks=[StopAfterFirstEpoch()])
+    first_session = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["training_time_s"]
+
+    _train_in_process(compose_train, tmp_path, ["logger=none", "resume=true"])
+
+    card = json.loads((tmp_path / CARD_FILE).read_text())
+    total = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["training_time_s"]
+    assert first_session > 0
+    assert total > first_session
+    assert card["training"]["time_s"] >= round(total, 1) - 0.1
+
+
+def test_publish_existing_name_rejected(compose_train, tmp_path, zoo_checkpoints):
+    zoo_checkpoints.mkdir(parents=True, exist_ok=True)
+    (zoo_checkpoints / "alista.taken.json").write_text("{}")
+
+    with pytest.raises(FileExistsError, match="publish_as='alista.taken' would replace the checkpoint"):
+        _train_in_process(compose_train, tmp_path, ["logger=none", "publish_as=alista.taken"])
+
+    assert not (tmp_path / "checkpoints").exists()
+    assert (zoo_checkpoints / "alista.taken.json").read_text() == "{}"

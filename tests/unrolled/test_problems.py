@@ -332,3 +332,8 @@ def test_seeded_generator_keys_matter(other_keys):
     reference = torch.rand(5, generator=seeded_generator(3, 1, 4))
 
     assert not torch.equal(reference, torch.rand(5, generator=seeded_generator(*other_keys)))
+
+
+def test_build_problem_unknown_parameter():
+    with pytest.raises(ValueError, match=r"problem 'sparse_coding' has no parameter 'snr'; it accepts m, n, .*snr_db"):
+        build_problem({"name": "sparse_coding", "snr": 20})

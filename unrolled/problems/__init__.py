@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from unrolled.problems.base import Problem, seeded_generator
@@ -17,6 +18,10 @@ def build_problem(spec: dict[str, Any]) -> Problem:
     name = spec.pop("name", None)
     if name not in PROBLEMS:
         raise ValueError(f"unknown problem {name!r}; expected one of {sorted(PROBLEMS)}.")
+    accepted = inspect.signature(PROBLEMS[name]).parameters
+    unknown = sorted(set(spec) - set(accepted))
+    if unknown:
+        raise ValueError(f"problem {name!r} has no parameter {', '.join(map(repr, unknown))}; it accepts {', '.join(accepted)}.")
     return PROBLEMS[name](**spec)
 
 
