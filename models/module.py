@@ -89,6 +89,7 @@ class UnrolledModule(pl.LightningModule):
         self.save_hyperparameters()
         # Training time of the sessions before a resume, restored from the checkpoint.
         self.training_time_before_s = 0.0
+        self._fit_started: float | None = None
         self.problem = build_problem(problem)
         self.network = build_network(network, self.problem.A.to(torch.float32), n_layers, **(network_kwargs or {}))
         self.val_nmse = LayerwiseNMSE(n_layers)
@@ -142,8 +143,9 @@ class UnrolledModule(pl.LightningModule):
 
     def training_time_s(self) -> float:
         """Wall-clock seconds of training so far, over every session of a resumed run."""
-        started = getattr(self, "_fit_started", None)
-        return self.training_time_before_s + (time.perf_counter() - started if started is not None else 0.0)
+        if self._fit_started is None:
+            return self.training_time_before_s
+        return self.training_time_before_s + time.perf_counter() - self._fit_started
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["training_time_s"] = self.training_time_s()

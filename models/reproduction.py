@@ -26,8 +26,8 @@ TOLERANCE_DB = 3.0
 # Test NMSE (dB) at 16 layers read off Figure 5 of Open-L2O (Chen, Chen, Chen, Heaton, Liu, Wang,
 # Yin, "Learning to optimize: a primer and a benchmark", JMLR 2022, arXiv:2103.12828), about ±2 dB
 # since read from a plot. Open-L2O averages the per-sample dB values. Its noisy and ill-conditioned
-# panels are set beside our 250 x 500 settings; the condition number of its ill-conditioned panel
-# is not given with these figures, so the anchor stands beside each of our three values of κ.
+# panels are set beside our 250 x 500 settings. The condition number of its ill-conditioned panel
+# is not given with these figures, so the anchor is set beside each of our three values of κ.
 ANCHOR_PANELS = {
     "noiseless 256x512": {
         "alista": -78.0,
@@ -110,7 +110,7 @@ def anchor_of(model: str, setting: str) -> float | None:
 
 
 def _training_chain(card: dict) -> tuple[float, int]:
-    """Total training time and steps of a card, earlier stages (``init_from``) included."""
+    """Return the total training time and steps of a card, earlier stages (``init_from``) included."""
     training = card.get("training") or {}
     time_s, steps = float(training.get("time_s") or 0.0), int(training.get("global_steps") or 0)
     source = training.get("init_from") or {}
@@ -128,7 +128,7 @@ def _describe_machine(machine: dict) -> str:
 
 
 def collect_entries(folder: Path | None = None) -> list[Entry]:
-    """One entry per model × setting of the reproduction grid, filled from the 16-layer cards in ``folder``."""
+    """Collect one entry per model × setting of the reproduction grid, filled from the 16-layer cards in ``folder``."""
     folder = checkpoints_dir() if folder is None else Path(folder)
     cards = {}
     for path in sorted(folder.glob("*.json")):
@@ -166,7 +166,7 @@ def _format(value: float | None, digits: int = 2) -> str:
 
 
 def render_grid(entries: list[Entry]) -> str:
-    """Markdown table with a row per model and a column per setting: "aggregate / per-sample (anchor)" in dB."""
+    """Render a Markdown table with a row per model and a column per setting: "aggregate / per-sample (anchor)" in dB."""
     settings = list(dict.fromkeys(entry.setting for entry in entries))
     models = list(dict.fromkeys(entry.model for entry in entries))
     cells = {(entry.model, entry.setting): entry for entry in entries}
@@ -183,7 +183,7 @@ def render_grid(entries: list[Entry]) -> str:
 
 
 def render_details(entries: list[Entry]) -> str:
-    """Markdown table of the trained entries: figures, status against the anchor, training time, steps and hardware."""
+    """Render a Markdown table of the trained entries: figures, status against the anchor, training time, steps and hardware."""
     lines = [
         "| model | setting | NMSE aggregate (dB) | NMSE per-sample (dB) | Open-L2O (dB) | status | training | steps | hardware |",
         "|---|---|---:|---:|---:|---|---:|---:|---|",
@@ -199,7 +199,7 @@ def render_details(entries: list[Entry]) -> str:
 
 
 def render_table(entries: list[Entry]) -> str:
-    """The generated part of the page: the grid of every model × setting, then the details of the trained ones."""
+    """Render the generated part of the page: the grid of every model × setting, then the details of the trained ones."""
     return (
         "Test NMSE after 16 layers, aggregate / per-sample in dB, with Open-L2O's figure in brackets; "
         "· marks a model not trained on that setting.\n\n" + render_grid(entries) + "\n" + render_details(entries)
@@ -210,7 +210,7 @@ def update_page(page: Path = PAGE, folder: Path | None = None) -> str:
     """Replace the table between the markers of ``page`` by the one of the current cards; return the table."""
     text = page.read_text()
     if START not in text or END not in text:
-        raise ValueError(f"{page} must contain the markers {START} and {END}; add them where the table goes.")
+        raise ValueError(f"{page} is missing the markers {START} and {END}. Add them where the table goes.")
     table = render_table(collect_entries(folder))
     before, rest = text.split(START, 1)
     after = rest.split(END, 1)[1]

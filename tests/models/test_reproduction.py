@@ -74,7 +74,7 @@ def test_missing_markers_rejected(tmp_path):
     page = tmp_path / "page.md"
     page.write_text("# no markers\n")
 
-    with pytest.raises(ValueError, match="must contain the markers"):
+    with pytest.raises(ValueError, match="is missing the markers"):
         update_page(page)
 
 

@@ -59,7 +59,7 @@ class ALISTA(UnrolledISTA):
         self.threshold = per_layer(step_size * reg, n_layers, A.dtype)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
-        # A weights file holds W only when it is not the analytic weight of A, so a stored W wins.
+        # A weights file contains W only when it is not the analytic weight of A, so a stored W wins.
         if prefix + "W" in state_dict and "W" in self._non_persistent_buffers_set:
             self._non_persistent_buffers_set.discard("W")
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)

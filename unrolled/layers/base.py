@@ -32,7 +32,7 @@ class UnrolledISTA(nn.Module):
     """Base of the unrolled networks: stores A, starts from x = 0 and applies ``n_layers`` layers.
 
     Subclasses implement :meth:`layer`. The state carried from layer to layer is the estimate x by
-    default; networks with memory (momentum, the Onsager term of AMP) carry a tuple and override
+    default. Networks with memory (momentum, the Onsager term of AMP) carry a tuple, so they override
     :meth:`initial_state` and :meth:`estimate`. ``support_selection`` turns on the bypass of
     :func:`support_bypass_fraction` in every layer.
     """
@@ -59,11 +59,11 @@ class UnrolledISTA(nn.Module):
         return {name: 0 for name, p in self.named_parameters() if p.ndim >= 1 and p.shape[0] == self.n_layers}
 
     def initial_state(self, y: Tensor) -> Any:
-        """State before the first layer: x = 0."""
+        """Return the state before the first layer: x = 0."""
         return y.new_zeros(*y.shape[:-1], self.A.shape[1])
 
     def estimate(self, state: Any) -> Tensor:
-        """The estimate x held in ``state``."""
+        """Return the estimate x contained in ``state``."""
         return state
 
     def layer(self, k: int, state: Any, y: Tensor) -> Any:
@@ -85,10 +85,10 @@ class UnrolledISTA(nn.Module):
 
 
 def per_layer(value: float, n_layers: int, dtype: torch.dtype) -> nn.Parameter:
-    """A learnable vector holding ``value`` once per layer."""
+    """Return a learnable vector with ``value`` once per layer."""
     return nn.Parameter(torch.full((n_layers,), float(value), dtype=dtype))
 
 
 def stacked(matrix: Tensor, copies: int) -> nn.Parameter:
-    """A learnable (copies, *matrix.shape) tensor starting at ``copies`` copies of ``matrix``."""
+    """Return a learnable (copies, *matrix.shape) tensor initialised with ``copies`` copies of ``matrix``."""
     return nn.Parameter(matrix.detach().expand(copies, *matrix.shape).clone())

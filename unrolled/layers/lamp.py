@@ -68,7 +68,7 @@ class LAMP(UnrolledISTA):
         return parameters
 
     def initial_state(self, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        r"""State before the first layer: :math:`x_0 = 0`, the corrected residual :math:`-v_{-1} = 0` and :math:`b_0 = 0`."""
+        r"""Return the state before the first layer: :math:`x_0 = 0`, the corrected residual :math:`-v_{-1} = 0` and :math:`b_0 = 0`."""
         x = y.new_zeros(*y.shape[:-1], self.A.shape[1])
         return x, y.new_zeros(y.shape), y.new_zeros(*y.shape[:-1], 1)
 

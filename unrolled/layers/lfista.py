@@ -7,8 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from unrolled.layers.base import UnrolledISTA, per_layer, stacked
-from unrolled.operators import lipschitz_constant
+from unrolled.layers.lista_cp import LISTACP
 from unrolled.solvers.ista import ista_step
 
 
@@ -28,7 +27,7 @@ def fista_momentum(n_layers: int) -> list[float]:
     return momentum
 
 
-class LFISTA(UnrolledISTA):
+class LFISTA(LISTACP):
     r"""LFISTA (learned FISTA), coupled form: a LISTA-CP update taken at a learned momentum point.
 
     .. math::
@@ -64,22 +63,15 @@ class LFISTA(UnrolledISTA):
     """
 
     def __init__(self, A: Tensor, n_layers: int, reg: float = 0.1, tied: bool = False, support_selection: bool = False) -> None:
-        super().__init__(A, n_layers, support_selection)
-        lipschitz = lipschitz_constant(A)
-        self.tied = tied
-        self.W = stacked(A / lipschitz, 1 if tied else n_layers)
-        self.threshold = per_layer(reg / lipschitz, n_layers, A.dtype)
+        super().__init__(A, n_layers, reg=reg, tied=tied, support_selection=support_selection)
         self.momentum = torch.nn.Parameter(torch.tensor(fista_momentum(n_layers)[1:], dtype=A.dtype))
 
     def per_layer_parameters(self) -> dict[str, int]:
-        parameters = {"threshold": 0, "momentum": 1}
-        if not self.tied:
-            parameters["W"] = 0
-        return parameters
+        return {**super().per_layer_parameters(), "momentum": 1}
 
     def initial_state(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        """State before the first layer: :math:`(x_0, x_{-1}) = (0, 0)`."""
-        x = y.new_zeros(*y.shape[:-1], self.A.shape[1])
+        """Return the state before the first layer: :math:`(x_0, x_{-1}) = (0, 0)`."""
+        x = super().initial_state(y)
         return x, x
 
     def estimate(self, state: tuple[Tensor, Tensor]) -> Tensor:
