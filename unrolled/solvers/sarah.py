@@ -1,0 +1,89 @@
+r"""Proximal SARAH: a recursive gradient estimate, restarted from a full gradient every epoch.
+
+.. math::
+    v_0 = \nabla_{\mathrm{data}}(W_0),\qquad
+    v_t = \tfrac1b\textstyle\sum_{j\in B_t}\tilde x_j\big(g_j(W_t) - g_j(W_{t-1})\big)^\top/(n p_j) + v_{t-1},
+
+with the proximal step :math:`W_{t+1} = \operatorname{prox}_{\gamma\,\mathrm{reg}\|\cdot\|_1}(W_t - \gamma(v_t + \mathrm{reg\_l2}\,W_t))`
+after each estimate. Unlike SVRG's, the estimate is biased, but its variance shrinks with the
+steps themselves, as :math:`\|W_t - W_{t-1}\|`.
+
+References: Nguyen, Liu, Scheinberg, Takáč, "SARAH: a novel method for machine learning problems
+using stochastic recursive gradient", ICML 2017; Pham, Nguyen, Phan, Tran-Dinh, "ProxSARAH: an
+efficient algorithmic framework for stochastic composite nonconvex optimization", JMLR 2020.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from unrolled.problems.finite_sum import FiniteSum
+from unrolled.solvers.stochastic import (
+    Sampler,
+    StochasticMethod,
+    StochasticResult,
+    batch_gradient,
+    batch_smoothness,
+    proximal_step,
+    resolve_step_size,
+    run_epochs,
+)
+
+# Default step 1/(2 L_b), the step of Nguyen et al.'s experiments.
+DEFAULT_STEP_FACTOR = 0.5
+
+
+def sarah_direction(problem: FiniteSum, W: Tensor, W_previous: Tensor, previous: Tensor, index: Tensor, weights: Tensor) -> Tensor:
+    """Return the SARAH estimate at W from the previous iterate and the previous estimate."""
+    rows = problem.rows(index)
+    difference = problem.derivatives(W, rows, index) - problem.derivatives(W_previous, rows, index)
+    return batch_gradient(rows, difference, weights) + previous
+
+
+class _SARAH(StochasticMethod):
+    name = "SARAH"
+    evals_per_draw = 2
+
+    def __init__(self, problem: FiniteSum, W: Tensor, step_size: float) -> None:
+        super().__init__(problem, W, step_size)
+        self.W_previous = W
+        self.previous = W
+
+    def start_epoch(self, epoch: int) -> None:
+        self.previous = self.full_data_gradient(self.W)
+        self.W_previous = self.W
+        self.W = proximal_step(self.problem, self.W, self.previous, self.step_size)
+
+    def estimate(self, index: Tensor, weights: Tensor) -> Tensor:
+        return sarah_direction(self.problem, self.W, self.W_previous, self.previous, index, weights)
+
+    def step(self, index: Tensor, weights: Tensor, iteration: int) -> None:
+        self.previous = self.estimate(index, weights)
+        self.W_previous = self.W
+        self.W = proximal_step(self.problem, self.W, self.previous, self.step_size)
+
+
+def sarah(
+    problem: FiniteSum,
+    *,
+    step_size: float | None = None,
+    batch_size: int = 1,
+    sampling: str = "uniform",
+    max_epochs: int = 100,
+    tol: float = 0.0,
+    W0: Tensor | None = None,
+    f_star: float | None = None,
+    trace: bool = False,
+    variance_draws: int = 0,
+    seed: int = 0,
+) -> StochasticResult:
+    r"""Run proximal SARAH for ``max_epochs`` epochs: one full-gradient step, then n/b recursive steps.
+
+    ``step_size`` is :math:`1/(2L_b)` by default; the other arguments are those of :func:`unrolled.solvers.sgd.sgd`.
+    """
+    sampler = Sampler(problem, batch_size, sampling, seed)
+    step = resolve_step_size(step_size, batch_smoothness(problem, sampler), DEFAULT_STEP_FACTOR, "SARAH")
+    W = problem.zeros() if W0 is None else W0.to(problem.dtype).clone()
+    problem.check_iterate(W)
+    method = _SARAH(problem, W, step)
+    return run_epochs(method, sampler, max_epochs=max_epochs, tol=tol, f_star=f_star, trace=trace, variance_draws=variance_draws)

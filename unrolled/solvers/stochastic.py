@@ -1,0 +1,265 @@
+r"""What SGD, SVRG, SAGA and SARAH share: sampling, step sizes, the proximal step, the epoch loop and its trace.
+
+Each method estimates the gradient of the data term :math:`\frac1n\sum_i \tilde x_i g_i^\top` of a
+:class:`~unrolled.problems.finite_sum.FiniteSum` from a mini-batch B of b indices drawn i.i.d. with
+replacement, with probabilities :math:`p_i` (uniform, or proportional to :math:`L_i`, "importance
+sampling"). Each draw j carries the weight :math:`1/(n p_j)`, which keeps every estimate unbiased.
+The ℓ2 term of the objective is added exactly, and the ℓ1 term enters through the prox, so one step is
+
+.. math:: W^+ = \operatorname{prox}_{\gamma\,\mathrm{reg}\|\cdot\|_1}\big(W - \gamma\,(\hat g + \mathrm{reg\_l2}\,W)\big).
+
+Step sizes are measured against the expected smoothness of the mini-batch estimate, for draws with
+replacement :math:`L_b = L_s/b + (1 - 1/b)\,L + \mathrm{reg\_l2}` (Gower, Loizou, Qian, Sailanbayev,
+Shulgin, Richtárik, "SGD: general analysis and improved rates", ICML 2019), where L is the
+smoothness of the full data gradient and :math:`L_s = \max_i L_i/(n p_i)` that of one draw.
+"""
+
+from __future__ import annotations
+
+import abc
+import copy
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from unrolled.problems.finite_sum import FiniteSum
+
+SAMPLINGS = ("uniform", "importance")
+
+
+class Sampler:
+    """Draws mini-batches of indices i.i.d. with replacement, with the weights :math:`1/(n p_i)` of unbiased estimates.
+
+    Indices come from a CPU generator, one call per epoch, so the same seed gives the same
+    sequence on every device and for dense and sparse storage of the same data.
+    """
+
+    def __init__(self, problem: FiniteSum, batch_size: int, sampling: str, seed: int) -> None:
+        n = problem.n_samples
+        if not 1 <= batch_size <= n:
+            raise ValueError(f"batch_size must lie in [1, n_samples = {n}], got {batch_size}.")
+        if sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}.")
+        self.n_samples = n
+        self.batch_size = batch_size
+        self.device = problem.device
+        self.dtype = problem.dtype
+        self.generator = torch.Generator(device="cpu").manual_seed(seed)
+        lipschitz = problem.sample_lipschitz().to("cpu", torch.float64)
+        if sampling == "importance" and float(lipschitz.sum()) > 0:
+            self.probabilities: Tensor | None = lipschitz / lipschitz.sum()
+            scaled = torch.where(self.probabilities > 0, lipschitz / (n * self.probabilities), torch.zeros_like(lipschitz))
+        else:
+            self.probabilities = None
+            scaled = lipschitz
+        self.draw_lipschitz = float(scaled.max())
+
+    def reseeded(self, seed: int) -> Sampler:
+        """Return a sampler with the same distribution and its own stream, seeded by ``seed``."""
+        other = copy.copy(self)
+        other.generator = torch.Generator(device="cpu").manual_seed(seed)
+        return other
+
+    def draw(self, n_iter: int) -> tuple[Tensor, Tensor]:
+        """Return ``n_iter`` mini-batches: indices (n_iter, b) and their weights :math:`1/(n p_i)` (n_iter, b)."""
+        size = n_iter * self.batch_size
+        if self.probabilities is None:
+            index = torch.randint(self.n_samples, (size,), generator=self.generator)
+            weights = torch.ones(size, dtype=self.dtype)
+        else:
+            index = torch.multinomial(self.probabilities, size, replacement=True, generator=self.generator)
+            weights = (1.0 / (self.n_samples * self.probabilities[index])).to(self.dtype)
+        shape = (n_iter, self.batch_size)
+        return index.view(shape).to(self.device), weights.view(shape).to(self.device)
+
+
+def batch_smoothness(problem: FiniteSum, sampler: Sampler) -> float:
+    r"""Return :math:`L_b = L_s/b + (1 - 1/b)L + \mathrm{reg\_l2}`, the smoothness that sets the step sizes (module docstring)."""
+    b = sampler.batch_size
+    data_lipschitz = problem.lipschitz() - problem.reg_l2
+    return sampler.draw_lipschitz / b + (1.0 - 1.0 / b) * data_lipschitz + problem.reg_l2
+
+
+def resolve_step_size(step_size: float | None, smoothness: float, default_factor: float, method: str) -> float:
+    r"""Return ``step_size``, or ``default_factor`` / :math:`L_b`; reject steps outside (0, 2/:math:`L_b`].
+
+    Above :math:`2/L_b` no analysis of these methods applies and a single sampled gradient step can
+    already increase the objective.
+    """
+    if step_size is None:
+        return default_factor / smoothness
+    if not (step_size > 0 and step_size < float("inf")):
+        raise ValueError(f"step_size must be a positive finite number, got {step_size}.")
+    if step_size > 2.0 / smoothness:
+        raise ValueError(
+            f"{method}: step_size={step_size:.6g} is above the stable range 2/L_b = {2.0 / smoothness:.6g} "
+            f"(L_b = {smoothness:.6g}, the smoothness of the mini-batch gradient). "
+            f"Use step_size <= {default_factor / smoothness:.6g} (the default), or leave it as None."
+        )
+    return step_size
+
+
+def batch_gradient(rows: Tensor, derivatives: Tensor, weights: Tensor) -> Tensor:
+    r"""Return the mini-batch estimate :math:`\frac1b\sum_{j\in B} \tilde x_j g_j^\top/(n p_j)` from rows (b, d) and derivatives (b, k)."""
+    return rows.T @ (derivatives * weights[:, None]) / rows.shape[0]
+
+
+def proximal_step(problem: FiniteSum, W: Tensor, direction: Tensor, step_size: float | Tensor) -> Tensor:
+    r"""Return :math:`\operatorname{prox}_{\gamma\,\mathrm{reg}\|\cdot\|_1}(W - \gamma(d + \mathrm{reg\_l2}\,W))` for the data-gradient estimate d.
+
+    The one update of every method here, classical and unrolled alike.
+    """
+    return problem.prox(W - step_size * (direction + problem.l2_gradient(W)), step_size)
+
+
+@dataclass
+class StochasticTrace:
+    """Per-epoch record of a run; entry 0 describes the starting point.
+
+    Attributes:
+        epoch: epochs done (mini-batch draws divided by n, full-gradient passes not counted).
+        objective: F(W) in float64.
+        suboptimality: F(W) - f_star, when ``f_star`` was given (else empty).
+        grad_evals: per-sample gradients computed so far, full-gradient passes included.
+        time_s: solver seconds so far; the trace bookkeeping (objective, variance) is not counted.
+        variance: mean over fresh draws of the squared Frobenius distance between the method's
+            gradient estimate and the full data gradient, at the current iterate and state (when
+            ``variance_draws > 0``, else empty).
+    """
+
+    epoch: list[float] = field(default_factory=list)
+    objective: list[float] = field(default_factory=list)
+    suboptimality: list[float] = field(default_factory=list)
+    grad_evals: list[int] = field(default_factory=list)
+    time_s: list[float] = field(default_factory=list)
+    variance: list[float] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, list[float]]:
+        return {name: list(values) for name, values in self.__dict__.items()}
+
+
+@dataclass
+class StochasticResult:
+    """Final iterate W (dim, k), the epochs run, and the trace when one was requested."""
+
+    W: Tensor
+    n_epochs: int
+    trace: StochasticTrace | None = None
+
+
+class StochasticMethod(abc.ABC):
+    """State and update of one method; :func:`run_epochs` drives it.
+
+    Subclasses implement :meth:`estimate` (the gradient estimate of the data term, without side
+    effects) and :meth:`step` (one update, which may change the method's memory), and may refresh
+    their memory in :meth:`start_epoch`.
+    """
+
+    name: str
+    # Per-sample gradients one draw costs: 2 where the estimate also evaluates a reference point (SVRG, SARAH).
+    evals_per_draw: int = 1
+
+    def __init__(self, problem: FiniteSum, W: Tensor, step_size: float) -> None:
+        self.problem = problem
+        self.W = W
+        self.step_size = step_size
+        self.grad_evals = 0
+
+    def start_epoch(self, epoch: int) -> None:
+        """Refresh the method's memory at the start of an epoch (SVRG and SARAH: a full gradient)."""
+
+    @abc.abstractmethod
+    def estimate(self, index: Tensor, weights: Tensor) -> Tensor:
+        """Return the estimate of the data gradient at the current W from the mini-batch, leaving the state unchanged."""
+
+    @abc.abstractmethod
+    def step(self, index: Tensor, weights: Tensor, iteration: int) -> None:
+        """Apply one update with the mini-batch ``index`` (b,) and its weights (b,)."""
+
+    def full_data_gradient(self, W: Tensor) -> Tensor:
+        """Return the exact data gradient at W and count its n per-sample gradients."""
+        self.grad_evals += self.problem.n_samples
+        return self.problem.data_gradient(W)
+
+
+@torch.no_grad()
+def run_epochs(
+    method: StochasticMethod,
+    sampler: Sampler,
+    *,
+    max_epochs: int,
+    tol: float,
+    f_star: float | None,
+    trace: bool,
+    variance_draws: int,
+    variance_seed: int = 12345,
+) -> StochasticResult:
+    r"""Run ``max_epochs`` epochs of n/b mini-batch steps each, stopping early once F - f_star <= tol.
+
+    ``tol`` needs ``f_star`` (it is ignored without it). The objective is evaluated once per epoch
+    when a trace or a tolerance asks for it.
+    """
+    if max_epochs < 0:
+        raise ValueError(f"max_epochs must be >= 0, got {max_epochs}.")
+    if variance_draws < 0:
+        raise ValueError(f"variance_draws must be >= 0, got {variance_draws}.")
+    problem = method.problem
+    iterations_per_epoch = max(1, problem.n_samples // sampler.batch_size)
+    record = StochasticTrace() if trace else None
+    # The variance draws have their own stream, so measuring does not change the run.
+    variance_sampler = sampler.reseeded(variance_seed) if variance_draws else None
+    watch_objective = trace or (tol > 0 and f_star is not None)
+    elapsed = 0.0
+
+    def check(epoch: int) -> bool:
+        """Record the trace entry of ``epoch``; return True when the tolerance is met."""
+        if not watch_objective:
+            return False
+        objective = problem.objective(method.W)
+        if record is not None:
+            record.epoch.append(float(epoch))
+            record.objective.append(objective)
+            if f_star is not None:
+                record.suboptimality.append(objective - f_star)
+            record.grad_evals.append(method.grad_evals)
+            record.time_s.append(elapsed)
+            if variance_sampler is not None:
+                record.variance.append(_estimator_variance(method, variance_sampler, variance_draws))
+        return f_star is not None and tol > 0 and objective - f_star <= tol
+
+    n_epochs = 0
+    if not check(0):
+        for n_epochs in range(1, max_epochs + 1):
+            start = _synchronised_clock(problem.device)
+            method.start_epoch(n_epochs - 1)
+            index, weights = sampler.draw(iterations_per_epoch)
+            first = (n_epochs - 1) * iterations_per_epoch
+            for t in range(iterations_per_epoch):
+                method.step(index[t], weights[t], first + t)
+            method.grad_evals += iterations_per_epoch * sampler.batch_size * method.evals_per_draw
+            elapsed += _synchronised_clock(problem.device) - start
+            if not bool(torch.isfinite(method.W).all()):
+                raise FloatingPointError(
+                    f"{method.name} diverged in epoch {n_epochs}: the iterate holds NaN or infinite values. "
+                    f"Lower step_size (now {method.step_size:.6g})."
+                )
+            if check(n_epochs):
+                break
+    return StochasticResult(W=method.W, n_epochs=n_epochs, trace=record)
+
+
+def _synchronised_clock(device: torch.device) -> float:
+    """Return ``time.perf_counter()`` after the device has finished its queued work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def _estimator_variance(method: StochasticMethod, sampler: Sampler, n_draws: int) -> float:
+    """Return the mean squared distance between ``n_draws`` estimates and the full data gradient at the current state."""
+    exact = method.problem.data_gradient(method.W)
+    index, weights = sampler.draw(n_draws)
+    distances = [float(((method.estimate(index[t], weights[t]) - exact) ** 2).sum()) for t in range(n_draws)]
+    return sum(distances) / n_draws
