@@ -26,11 +26,11 @@ class GLMLoss(abc.ABC):
 
     @abc.abstractmethod
     def value(self, margins: Tensor, targets: Tensor) -> Tensor:
-        """Return :math:`\\psi(z_i, y_i)` of shape (n,) for margins (n, k) and targets (n,)."""
+        """Return :math:`\\psi(z_i, y_i)` of shape (..., n) for margins (..., n, k) and targets (..., n)."""
 
     @abc.abstractmethod
     def derivative(self, margins: Tensor, targets: Tensor) -> Tensor:
-        """Return :math:`\\partial\\psi/\\partial z` at each sample, shape (n, k)."""
+        """Return :math:`\\partial\\psi/\\partial z` at each sample, shape (..., n, k)."""
 
     @abc.abstractmethod
     def check_targets(self, targets: Tensor) -> None:
@@ -48,10 +48,10 @@ class SquaredLoss(GLMLoss):
     curvature = 1.0
 
     def value(self, margins: Tensor, targets: Tensor) -> Tensor:
-        return 0.5 * (margins[:, 0] - targets) ** 2
+        return 0.5 * (margins[..., 0] - targets) ** 2
 
     def derivative(self, margins: Tensor, targets: Tensor) -> Tensor:
-        return margins - targets[:, None]
+        return margins - targets[..., None]
 
     def check_targets(self, targets: Tensor) -> None:
         if not torch.isfinite(targets).all():
@@ -69,10 +69,10 @@ class LogisticLoss(GLMLoss):
 
     def value(self, margins: Tensor, targets: Tensor) -> Tensor:
         # softplus(-yz) = log(1 + exp(-yz)) without overflow for large |z|.
-        return torch.nn.functional.softplus(-targets * margins[:, 0])
+        return torch.nn.functional.softplus(-targets * margins[..., 0])
 
     def derivative(self, margins: Tensor, targets: Tensor) -> Tensor:
-        return (-targets * torch.sigmoid(-targets * margins[:, 0]))[:, None]
+        return (-targets * torch.sigmoid(-targets * margins[..., 0]))[..., None]
 
     def check_targets(self, targets: Tensor) -> None:
         labels = torch.unique(targets)
@@ -98,11 +98,11 @@ class MultinomialLoss(GLMLoss):
         self.n_classes = n_classes
 
     def value(self, margins: Tensor, targets: Tensor) -> Tensor:
-        return torch.logsumexp(margins, dim=1) - margins.gather(1, targets.long()[:, None])[:, 0]
+        return torch.logsumexp(margins, dim=-1) - margins.gather(-1, targets.long()[..., None])[..., 0]
 
     def derivative(self, margins: Tensor, targets: Tensor) -> Tensor:
-        probabilities = torch.softmax(margins, dim=1)
-        return probabilities.scatter_add(1, targets.long()[:, None], -torch.ones_like(probabilities[:, :1]))
+        probabilities = torch.softmax(margins, dim=-1)
+        return probabilities.scatter_add(-1, targets.long()[..., None], -torch.ones_like(probabilities[..., :1]))
 
     def check_targets(self, targets: Tensor) -> None:
         labels = torch.unique(targets)

@@ -42,7 +42,9 @@ def saga_direction(
     """Return the SAGA estimate at W, with the drawn rows and their new derivatives (for the table update)."""
     rows = problem.rows(index)
     derivatives = problem.derivatives(W, rows, index)
-    return batch_gradient(rows, derivatives - table[index], weights) + table_mean, rows, derivatives
+    # gather along the sample axis works with and without a leading instance axis (unrolled networks).
+    stored = table.gather(-2, index[..., None].expand(*index.shape, table.shape[-1]))
+    return batch_gradient(rows, derivatives - stored, weights) + table_mean, rows, derivatives
 
 
 def first_occurrences(index: Tensor) -> Tensor:

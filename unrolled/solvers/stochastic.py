@@ -103,7 +103,8 @@ def resolve_step_size(step_size: float | None, smoothness: float, default_factor
 
 def batch_gradient(rows: Tensor, derivatives: Tensor, weights: Tensor) -> Tensor:
     r"""Return the mini-batch estimate :math:`\frac1b\sum_{j\in B} \tilde x_j g_j^\top/(n p_j)` from rows (b, d) and derivatives (b, k)."""
-    return rows.T @ (derivatives * weights[:, None]) / rows.shape[0]
+    # Leading dimensions are instances solved side by side (unrolled networks train on batches of problems).
+    return rows.transpose(-1, -2) @ (derivatives * weights[..., None]) / rows.shape[-2]
 
 
 def proximal_step(problem: FiniteSum, W: Tensor, direction: Tensor, step_size: float | Tensor) -> Tensor:
