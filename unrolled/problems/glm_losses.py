@@ -40,6 +40,10 @@ class GLMLoss(abc.ABC):
         """Return k, the number of margins per sample (columns of the weight matrix)."""
         return 1
 
+    def second_derivative(self, margins: Tensor, targets: Tensor) -> Tensor | None:
+        """Return :math:`\\partial^2\\psi/\\partial z^2` of shape (..., n) for losses with one margin, None otherwise."""
+        return None
+
 
 class SquaredLoss(GLMLoss):
     r""":math:`\psi(z, y) = \tfrac12 (z - y)^2`, least squares (with ℓ1: the Lasso)."""
@@ -52,6 +56,9 @@ class SquaredLoss(GLMLoss):
 
     def derivative(self, margins: Tensor, targets: Tensor) -> Tensor:
         return margins - targets[..., None]
+
+    def second_derivative(self, margins: Tensor, targets: Tensor) -> Tensor:
+        return torch.ones_like(margins[..., 0])
 
     def check_targets(self, targets: Tensor) -> None:
         if not torch.isfinite(targets).all():
@@ -73,6 +80,10 @@ class LogisticLoss(GLMLoss):
 
     def derivative(self, margins: Tensor, targets: Tensor) -> Tensor:
         return (-targets * torch.sigmoid(-targets * margins[..., 0]))[..., None]
+
+    def second_derivative(self, margins: Tensor, targets: Tensor) -> Tensor:
+        probability = torch.sigmoid(margins[..., 0])
+        return probability * (1.0 - probability)
 
     def check_targets(self, targets: Tensor) -> None:
         labels = torch.unique(targets)
