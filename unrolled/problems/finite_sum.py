@@ -29,9 +29,11 @@ import math
 import torch
 from torch import Tensor
 
-from unrolled.operators import power_iteration
 from unrolled.problems.glm_losses import GLMLoss, make_loss
 from unrolled.prox import prox_l1
+
+# Rows per block where a pass over all samples would otherwise allocate a copy of the features.
+ROW_BLOCK = 16_384
 
 
 def reg_l2_from_sklearn_C(C: float, sample_weight_sum: float) -> float:
@@ -157,13 +159,20 @@ class FiniteSum:
 
     @torch.no_grad()
     def objective(self, W: Tensor) -> float:
-        """Return F(W), evaluated in float64 whatever the computation dtype."""
+        """Return F(W), evaluated in float64 whatever the computation dtype.
+
+        Features of another dtype are converted block by block, so the evaluation never holds a
+        float64 copy of the whole matrix.
+        """
         W64 = W.to(torch.float64)
-        features = self.features.to(torch.float64)
-        losses = self.loss.value(features @ W64, self.targets.to(torch.float64))
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        for start in range(0, self.n_samples, ROW_BLOCK):
+            index = torch.arange(start, min(start + ROW_BLOCK, self.n_samples), device=self.device)
+            margins = self.rows(index).to(torch.float64) @ W64
+            losses = self.loss.value(margins, self.targets[index].to(torch.float64))
+            total += (self.sample_weight[index].to(torch.float64) * losses).sum()
         penalised = W64 * self.penalty_mask.to(torch.float64)
-        value = (self.sample_weight.to(torch.float64) * losses).mean()
-        value = value + 0.5 * self.reg_l2 * (penalised**2).sum() + self.reg * penalised.abs().sum()
+        value = total / self.n_samples + 0.5 * self.reg_l2 * (penalised**2).sum() + self.reg * penalised.abs().sum()
         return float(value)
 
     def sample_lipschitz(self) -> Tensor:
@@ -174,12 +183,27 @@ class FiniteSum:
             squared_norms = (self.features**2).sum(dim=1)
         return self.loss.curvature * self.sample_weight * squared_norms
 
-    def lipschitz(self) -> float:
-        r"""Return L of the full smooth gradient: :math:`\mathrm{curvature}\,\lambda_{\max}(\tilde X^\top \hat S\tilde X)/n + \mathrm{reg\_l2}`."""
-        features = self.features.to_dense() if self.sparse else self.features
-        weighted = features * self.sample_weight.sqrt()[:, None]
-        data = power_iteration(weighted.to(torch.float64)) / self.n_samples
-        return self.loss.curvature * data + self.reg_l2
+    @torch.no_grad()
+    def lipschitz(self, max_iter: int = 1000, tol: float = 1e-9) -> float:
+        r"""Return L of the full smooth gradient: :math:`\mathrm{curvature}\,\lambda_{\max}(\tilde X^\top \hat S\tilde X)/n + \mathrm{reg\_l2}`.
+
+        The eigenvalue comes from power iteration on products with the stored features (dense or
+        sparse, never copied), stopped once it changes by less than ``tol`` relative.
+        """
+        generator = torch.Generator(device="cpu").manual_seed(0)
+        v = torch.randn(self.dim, 1, dtype=torch.float64, generator=generator).to(self.device)
+        estimate = 0.0
+        for _ in range(max_iter):
+            v = v / torch.linalg.vector_norm(v)
+            image = self.features.T @ (self.sample_weight[:, None] * (self.features @ v.to(self.dtype)))
+            image = image.to(torch.float64)
+            new_estimate = float((v * image).sum())
+            v = image
+            if new_estimate == 0.0 or abs(new_estimate - estimate) <= tol * new_estimate:
+                estimate = new_estimate
+                break
+            estimate = new_estimate
+        return self.loss.curvature * estimate / self.n_samples + self.reg_l2
 
     def check_iterate(self, W: Tensor) -> None:
         """Raise ``ValueError`` unless W has shape (dim, n_outputs)."""
@@ -190,17 +214,19 @@ class FiniteSum:
 def _check_finite_features(X: Tensor) -> None:
     """Raise ``ValueError`` naming the first non-finite entry of X."""
     values = X.coalesce().values() if X.layout == torch.sparse_coo else (X.values() if X.layout == torch.sparse_csr else X)
-    bad = ~torch.isfinite(values)
-    if bool(bad.any()):
-        if X.layout == torch.strided:
-            row, column = (int(v) for v in torch.nonzero(bad)[0])
-            where = f"first at sample {row}, feature {column}"
-        else:
-            where = "in the stored values"
-        raise ValueError(
-            f"X holds {int(bad.sum())} NaN or infinite entries ({where}). The solvers need finite features: "
-            "impute them or mask them (unrolled.problems.datasets handles missing features)."
-        )
+    # Block by block: a mask of the whole matrix would cost as much memory as a large X itself.
+    for start in range(0, values.shape[0], ROW_BLOCK):
+        bad = ~torch.isfinite(values[start : start + ROW_BLOCK])
+        if bool(bad.any()):
+            if X.layout == torch.strided:
+                row, column = (int(v) for v in torch.nonzero(bad)[0])
+                where = f"first at sample {start + row}, feature {column}"
+            else:
+                where = "in the stored values"
+            raise ValueError(
+                f"X holds NaN or infinite entries ({where}). The solvers need finite features: "
+                "fill them first, for example with unrolled.problems.datasets.impute."
+            )
 
 
 def _with_intercept(X: Tensor, fit_intercept: bool) -> Tensor:
