@@ -27,7 +27,43 @@ class NonFiniteLossError(FloatingPointError):
     """Raised when the training loss or the model's parameters stop being finite."""
 
 
-class UnrolledModule(pl.LightningModule):
+class TimedTraining(pl.LightningModule):
+    """Counts training wall-clock time over every session of a resumed run (stored in the checkpoints)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Training time of the sessions before a resume, restored from the checkpoint.
+        self.training_time_before_s = 0.0
+        self._fit_started: float | None = None
+
+    def on_train_start(self) -> None:
+        self._fit_started = time.perf_counter()
+
+    def training_time_s(self) -> float:
+        """Wall-clock seconds of training so far, over every session of a resumed run."""
+        if self._fit_started is None:
+            return self.training_time_before_s
+        return self.training_time_before_s + time.perf_counter() - self._fit_started
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["training_time_s"] = self.training_time_s()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.training_time_before_s = float(checkpoint.get("training_time_s", 0.0))
+
+
+def with_lr_schedule(module: pl.LightningModule, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Return ``configure_optimizers``' answer: the optimizer, with a per-step cosine decay to ``lr · lr_min_ratio`` unless ``lr_schedule`` is constant."""
+    if module.hparams.lr_schedule == "constant":
+        return {"optimizer": optimizer}
+    total_steps = max(1, int(module.trainer.estimated_stepping_batches))
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=total_steps, eta_min=module.hparams.lr * module.hparams.lr_min_ratio
+    )
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class UnrolledModule(TimedTraining):
     """Training of an unrolled network, supervised on the true code x or unsupervised on the Lasso objective.
 
     The network is a plain ``nn.Module`` built from the registry; this class only adds training logic.
@@ -88,8 +124,6 @@ class UnrolledModule(pl.LightningModule):
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}.")
         self.save_hyperparameters()
         # Training time of the sessions before a resume, restored from the checkpoint.
-        self.training_time_before_s = 0.0
-        self._fit_started: float | None = None
         self.problem = build_problem(problem)
         self.network = build_network(network, self.problem.A.to(torch.float32), n_layers, **(network_kwargs or {}))
         self.val_nmse = LayerwiseNMSE(n_layers)
@@ -138,21 +172,6 @@ class UnrolledModule(pl.LightningModule):
         if self.hparams.lasso_reg is not None:
             self.val_lasso.update(self.lasso(x_hats[-1], y, torch.float64))
 
-    def on_train_start(self) -> None:
-        self._fit_started = time.perf_counter()
-
-    def training_time_s(self) -> float:
-        """Wall-clock seconds of training so far, over every session of a resumed run."""
-        if self._fit_started is None:
-            return self.training_time_before_s
-        return self.training_time_before_s + time.perf_counter() - self._fit_started
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["training_time_s"] = self.training_time_s()
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.training_time_before_s = float(checkpoint.get("training_time_s", 0.0))
-
     def on_validation_epoch_end(self) -> None:
         values = self.val_nmse.compute()
         self.val_nmse.reset()
@@ -194,10 +213,4 @@ class UnrolledModule(pl.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = torch.optim.Adam(self.network.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        if self.hparams.lr_schedule == "constant":
-            return {"optimizer": optimizer}
-        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=total_steps, eta_min=self.hparams.lr * self.hparams.lr_min_ratio
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return with_lr_schedule(self, optimizer)

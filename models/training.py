@@ -18,16 +18,14 @@ from models.data import ProblemDataModule
 from models.hub import CARD_FILE, WEIGHTS_FILE, checkpoints_dir, export_model, load_pretrained, load_run, measure_test_metrics
 from models.layerwise import LayerwiseTraining
 from models.module import UnrolledModule
+from models.runs import check_publish_target, publish, resume_checkpoint
+from models.variance_reduced_training import train_variance_reduced
 from unrolled.files import write_atomic
 from unrolled.machine import describe_machine
 from unrolled.problems import build_problem
+from unrolled.problems.instance_family import FAMILIES
 
 log = logging.getLogger(__name__)
-
-
-def last_checkpoint(run_dir: Path) -> Path | None:
-    path = run_dir / "checkpoints" / "last.ckpt"
-    return path if path.is_file() else None
 
 
 PROTOCOLS = ("end_to_end", "layerwise")
@@ -155,6 +153,8 @@ def train(config: dict[str, Any], run_dir: Path, callbacks: list[pl.Callback], l
     check_publish_target(config)
     run_record = record_or_check_run_config(config, run_dir)
     pl.seed_everything(config["seed"], workers=True)
+    if config["problem"]["name"] in FAMILIES:
+        return train_variance_reduced(config, run_dir, callbacks, loggers, run_record)
     problem = build_problem(config["problem"])
     module = build_module(config)
     initialised_from = load_initial_weights(module, config["init_from"]) if config.get("init_from") else None
@@ -165,16 +165,7 @@ def train(config: dict[str, Any], run_dir: Path, callbacks: list[pl.Callback], l
         # LearningRateMonitor raises at fit start without a logger, so logger=none would fail otherwise.
         callbacks = [callback for callback in callbacks if not isinstance(callback, LearningRateMonitor)]
     trainer = pl.Trainer(**config["trainer"], callbacks=callbacks, logger=loggers, default_root_dir=str(run_dir))
-
-    resume_from = last_checkpoint(run_dir) if config.get("resume") else None
-    if config.get("resume") and resume_from is None:
-        raise FileNotFoundError(
-            f"resume=true but {run_dir / 'checkpoints' / 'last.ckpt'} does not exist; "
-            "pass the folder of the run to resume as hydra.run.dir."
-        )
-    if resume_from is not None:
-        log.info("Resuming from %s", resume_from)
-
+    resume_from = resume_checkpoint(config, run_dir)
     trainer.fit(module, datamodule=data, ckpt_path=str(resume_from) if resume_from else None)
     # Read before trainer.test, which loads the best checkpoint and its recorded time.
     training_time = module.training_time_s()
@@ -215,29 +206,6 @@ def train(config: dict[str, Any], run_dir: Path, callbacks: list[pl.Callback], l
     if config.get("publish_as"):
         publish(run_dir, config["publish_as"])
     return {"card_path": str(card_path), "test_nmse_db": last}
-
-
-def check_publish_target(config: dict[str, Any]) -> None:
-    """Raise before training if ``publish_as`` names a checkpoint that exists and ``publish_overwrite`` is false."""
-    name = config.get("publish_as")
-    if not name or config.get("publish_overwrite"):
-        return
-    card = checkpoints_dir() / f"{name}.json"
-    if card.exists():
-        raise FileExistsError(
-            f"publish_as={name!r} would replace the checkpoint {card}. Pass publish_overwrite=true to replace it, "
-            "publish_as=<another name> to publish beside it, or publish_as=null to keep the run in its folder only."
-        )
-
-
-def publish(run_dir: Path, name: str) -> None:
-    """Copy a run's weights and card into the checkpoints folder as ``<name>.safetensors`` and ``<name>.json``."""
-    target = checkpoints_dir()
-    card = json.loads((run_dir / CARD_FILE).read_text())
-    card["weights_file"] = f"{name}.safetensors"
-    write_atomic(target / card["weights_file"], (run_dir / WEIGHTS_FILE).read_bytes())
-    write_atomic(target / f"{name}.json", (json.dumps(card, indent=2) + "\n").encode())
-    log.info("Published %s to %s", name, target)
 
 
 def train_from_config(cfg: DictConfig, run_dir: Path, extra_callbacks: list[pl.Callback] = ()) -> dict[str, Any]:

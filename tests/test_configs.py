@@ -18,7 +18,10 @@ from models import NETWORKS
 from models.layerwise import LayerwiseTraining
 from models.module import LOSSES, UnrolledModule
 from models.training import build_module, build_protocol_callbacks, protocol_name
+from models.variance_reduced import STOCHASTIC_NETWORKS, VarianceReducedModule
+from models.variance_reduced_training import build_variance_reduced_module
 from unrolled.problems import PROBLEMS, build_problem
+from unrolled.problems.instance_family import FAMILIES, build_family
 
 pytestmark = pytest.mark.usefixtures("zoo_checkpoints")
 
@@ -84,8 +87,13 @@ def test_experiment_composes(compose_train, experiment):
     cfg = compose_train([f"experiment={experiment}"])
     config = _job_config(cfg)
 
-    assert config["model"]["name"] in NETWORKS
-    assert config["problem"]["name"] in PROBLEMS
+    if config["problem"]["name"] in FAMILIES:
+        assert config["model"]["name"] in STOCHASTIC_NETWORKS
+        assert config["monitor"] == "val/log10_subopt"
+    else:
+        assert config["model"]["name"] in NETWORKS
+        assert config["problem"]["name"] in PROBLEMS
+        assert config["monitor"] == "val/nmse_db"
     assert f"{config['model']['name']}_{config['model']['n_layers']}" in config["run_name"]
     assert isinstance(config["trainer"]["max_steps"], int)
     assert config["trainer"]["max_steps"] >= config["data"]["steps_per_epoch"]
@@ -134,14 +142,29 @@ def test_experiment_values(compose_train, experiment):
 def test_experiment_builds_module(compose_train, experiment):
     config = _job_config(compose_train([f"experiment={experiment}"]))
 
-    module = build_module(config)
-
-    assert isinstance(module.network, NETWORKS[config["model"]["name"]])
+    if config["problem"]["name"] in FAMILIES:
+        module = build_variance_reduced_module(config)
+        assert isinstance(module.network, STOCHASTIC_NETWORKS[config["model"]["name"]])
+        assert module.family.spec() == config["problem"]
+    else:
+        module = build_module(config)
+        assert isinstance(module.network, NETWORKS[config["model"]["name"]])
+        assert module.problem.spec() == config["problem"]
     assert module.network.n_layers == config["model"]["n_layers"]
-    assert module.problem.spec() == config["problem"]
 
 
-@pytest.mark.parametrize("model", _options("model"))
+@pytest.mark.parametrize("model", sorted(STOCHASTIC_NETWORKS))
+def test_stochastic_model_option(compose_train, model):
+    config = _job_config(compose_train([f"model={model}", "problem=breast_cancer_subsets"]))
+
+    assert set(config["model"]["kwargs"]) <= set(inspect.signature(STOCHASTIC_NETWORKS[model]).parameters)
+    assert set(config["model"]["optim"]) <= set(inspect.signature(VarianceReducedModule).parameters)
+    module = build_variance_reduced_module(config)
+    assert isinstance(module.network, STOCHASTIC_NETWORKS[model])
+    assert module.network.n_layers == config["model"]["n_layers"]
+
+
+@pytest.mark.parametrize("model", sorted(NETWORKS))
 def test_model_option(compose_train, model):
     config = _job_config(compose_train([f"model={model}"]))
     network_parameters = inspect.signature(NETWORKS[model]).parameters
@@ -167,14 +190,14 @@ def test_slista_option_lasso(compose_train):
 
 
 def test_model_options_cover_registry():
-    assert _options("model") == sorted(NETWORKS)
+    assert _options("model") == sorted([*NETWORKS, *STOCHASTIC_NETWORKS])
 
 
 @pytest.mark.parametrize("problem", _options("problem"))
 def test_problem_option(compose_train, problem):
     config = _job_config(compose_train([f"problem={problem}"]))
 
-    rebuilt = build_problem(config["problem"])
+    rebuilt = (build_family if config["problem"]["name"] in FAMILIES else build_problem)(config["problem"])
 
     assert rebuilt.spec() == config["problem"]
 
