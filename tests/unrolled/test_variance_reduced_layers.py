@@ -157,3 +157,23 @@ def test_periodic_snapshots_are_classical_svrg_epochs(batch):
     assert (W_network[0] - classical.W).abs().max().item() < 1e-12
     # Evaluations: n for each snapshot and 2b per layer, as the classical trace counts them.
     assert network.grad_evals(problem)[-1] == classical.trace.grad_evals[-1]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("network_class", [UnrolledSVRG, UnrolledSAGA])
+def test_cuda_matches_cpu(batch, network_class):
+    """Networks and classical solvers give the CPU iterates on CUDA (draws come from the CPU generator)."""
+    network = network_class(5, batch_size=4, momentum=True).double()
+    index = network.draw(batch, torch.Generator().manual_seed(8))
+    cpu = network(batch, index=index)[-1]
+    on_cuda = FiniteSumBatch(batch.features[..., :-1].cuda(), batch.targets.cuda(), "logistic", reg_l2=1e-2, fit_intercept=True)
+    cuda = network.cuda()(on_cuda, index=index.cuda())[-1]
+    torch.testing.assert_close(cuda.cpu(), cpu, rtol=0, atol=1e-12)
+
+    single = instance(batch, 0)
+    single_cuda = FiniteSum(batch.features[0, :, :-1], batch.targets[0], "logistic", reg_l2=1e-2, fit_intercept=True, device="cuda")
+    solver = svrg if network_class is UnrolledSVRG else saga
+    expected = solver(single, batch_size=4, max_epochs=2, seed=1, backend="torch").W
+    actual = solver(single_cuda, batch_size=4, max_epochs=2, seed=1, backend="torch").W
+    torch.testing.assert_close(actual.cpu(), expected, rtol=0, atol=1e-12)

@@ -53,7 +53,65 @@ def reg_from_sklearn_alpha(alpha: float) -> float:
     return alpha
 
 
-class FiniteSum:
+class RegularisedLinearSum:
+    """What :class:`FiniteSum` and :class:`~unrolled.problems.finite_sum_batch.FiniteSumBatch` share.
+
+    Subclasses set ``loss``, ``features`` (..., n, dim), ``targets`` (..., n), ``sample_weight``
+    (..., n), ``n_samples``, ``reg_l2``, ``reg`` and ``penalty_mask`` (dim, 1); a leading instance
+    dimension, where there is one, passes through every method.
+    """
+
+    loss: GLMLoss
+    features: Tensor
+    targets: Tensor
+    sample_weight: Tensor
+    n_samples: int
+    reg_l2: float
+    reg: float
+    penalty_mask: Tensor
+
+    def all_derivatives(self, W: Tensor) -> Tensor:
+        """Return the derivatives :math:`g_i` of every sample, shape (..., n, k)."""
+        return self.sample_weight[..., None] * self.loss.derivative(self.features @ W, self.targets)
+
+    def data_gradient(self, W: Tensor) -> Tensor:
+        r"""Return the gradient of the data term, :math:`\frac1n\sum_i \tilde x_i g_i^\top`, shape (..., dim, k)."""
+        return self.features.transpose(-2, -1) @ self.all_derivatives(W) / self.n_samples
+
+    def l2_gradient(self, W: Tensor) -> Tensor:
+        """Return the gradient of the ℓ2 term, ``reg_l2 · W`` on the penalised rows."""
+        return self.reg_l2 * self.penalty_mask * W
+
+    def gradient(self, W: Tensor) -> Tensor:
+        """Return the gradient of the smooth part (data term and ℓ2 term) of the objective."""
+        return self.data_gradient(W) + self.l2_gradient(W)
+
+    def prox(self, W: Tensor, step_size: float | Tensor) -> Tensor:
+        """Return the prox of ``step_size · reg · ‖W_pen‖₁`` at W (soft-thresholding; the intercept row is left alone).
+
+        ``step_size`` may hold one value per instance, shape (B, 1, 1).
+        """
+        if self.reg == 0.0:
+            return W
+        return prox_l1(W, step_size * self.reg * self.penalty_mask)
+
+
+def check_regularisation(reg_l2: float, reg: float) -> None:
+    """Raise ``ValueError`` unless both weights are finite and >= 0."""
+    for name, value in (("reg_l2", reg_l2), ("reg", reg)):
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value}.")
+
+
+def penalty_mask(dim: int, fit_intercept: bool, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Return the (dim, 1) mask that is 1 on the penalised rows of W and 0 on the intercept row."""
+    mask = torch.ones(dim, 1, dtype=dtype, device=device)
+    if fit_intercept:
+        mask[-1] = 0.0
+    return mask
+
+
+class FiniteSum(RegularisedLinearSum):
     r"""A regularised finite sum of linear-model losses (see the module docstring for the objective).
 
     Args:
@@ -90,9 +148,7 @@ class FiniteSum:
             raise ValueError(f"X must have shape (n_samples, n_features), got shape {tuple(X.shape)}.")
         if y.shape != (X.shape[0],):
             raise ValueError(f"y must have shape ({X.shape[0]},) to match X of shape {tuple(X.shape)}, got {tuple(y.shape)}.")
-        for name, value in (("reg_l2", reg_l2), ("reg", reg)):
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value}.")
+        check_regularisation(reg_l2, reg)
         _check_finite_features(X)
 
         y = y.to(dtype=dtype, device=device)
@@ -111,10 +167,7 @@ class FiniteSum:
         self.features = _with_intercept(X.to(dtype=dtype, device=device), fit_intercept)
         self.sparse = self.features.layout != torch.strided
         self.sample_weight = _scaled_weights(sample_weight, self.n_samples, dtype, self.device)
-        # 1 on the rows of W that are penalised, 0 on the intercept row.
-        self.penalty_mask = torch.ones(self.dim, 1, dtype=dtype, device=self.device)
-        if fit_intercept:
-            self.penalty_mask[-1] = 0.0
+        self.penalty_mask = penalty_mask(self.dim, fit_intercept, dtype, self.device)
 
     @property
     def dim(self) -> int:
@@ -134,28 +187,6 @@ class FiniteSum:
     def derivatives(self, W: Tensor, rows: Tensor, index: Tensor) -> Tensor:
         r"""Return :math:`g_i = \hat s_i\,\partial\psi/\partial z(\tilde x_i^\top W, y_i)` of shape (b, k) for the given rows."""
         return self.sample_weight[index, None] * self.loss.derivative(rows @ W, self.targets[index])
-
-    def all_derivatives(self, W: Tensor) -> Tensor:
-        """Return the derivatives :math:`g_i` of every sample, shape (n, k)."""
-        return self.sample_weight[:, None] * self.loss.derivative(self.features @ W, self.targets)
-
-    def data_gradient(self, W: Tensor) -> Tensor:
-        r"""Return the gradient of the data term, :math:`\frac1n\sum_i \tilde x_i g_i^\top`, shape (dim, k)."""
-        return self.features.T @ self.all_derivatives(W) / self.n_samples
-
-    def l2_gradient(self, W: Tensor) -> Tensor:
-        """Return the gradient of the ℓ2 term, ``reg_l2 · W`` on the penalised rows."""
-        return self.reg_l2 * self.penalty_mask * W
-
-    def gradient(self, W: Tensor) -> Tensor:
-        """Return the gradient of the smooth part (data term and ℓ2 term) of the objective."""
-        return self.data_gradient(W) + self.l2_gradient(W)
-
-    def prox(self, W: Tensor, step_size: float | Tensor) -> Tensor:
-        """Return the prox of ``step_size · reg · ‖W_pen‖₁`` at W (soft-thresholding; the intercept row is left alone)."""
-        if self.reg == 0.0:
-            return W
-        return prox_l1(W, step_size * self.reg * self.penalty_mask)
 
     @torch.no_grad()
     def objective(self, W: Tensor) -> float:

@@ -13,16 +13,15 @@ which the unrolled SVRG and SAGA networks are trained and tested.
 
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import Tensor
 
+from unrolled.problems.finite_sum import RegularisedLinearSum, check_regularisation, penalty_mask
 from unrolled.problems.glm_losses import GLMLoss, make_loss
-from unrolled.prox import prox_l1
 
 
-class FiniteSumBatch:
+class FiniteSumBatch(RegularisedLinearSum):
     r"""B finite sums :math:`F_b(W) = \frac1n\sum_i \big(\psi(\tilde x_{bi}^\top W, y_{bi}) + \tfrac{\mathrm{reg\_l2}}2\|W_{\mathrm{pen}}\|^2\big) + \mathrm{reg}\|W_{\mathrm{pen}}\|_1`.
 
     Args:
@@ -45,9 +44,7 @@ class FiniteSumBatch:
     ) -> None:
         if X.ndim != 3 or y.shape != X.shape[:2]:
             raise ValueError(f"X must have shape (B, n, p) and y (B, n); got X {tuple(X.shape)} and y {tuple(y.shape)}.")
-        for name, value in (("reg_l2", reg_l2), ("reg", reg)):
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value}.")
+        check_regularisation(reg_l2, reg)
         if not bool(torch.isfinite(X).all()):
             raise ValueError("X holds NaN or infinite entries; impute or mask them first (unrolled.problems.datasets).")
         if loss == "multinomial" and n_classes is None:
@@ -67,9 +64,7 @@ class FiniteSumBatch:
         self.features = X
         self.dim = X.shape[-1]
         self.sample_weight = torch.ones(self.n_instances, self.n_samples, dtype=X.dtype, device=X.device)
-        self.penalty_mask = torch.ones(self.dim, 1, dtype=X.dtype, device=X.device)
-        if fit_intercept:
-            self.penalty_mask[-1] = 0.0
+        self.penalty_mask = penalty_mask(self.dim, fit_intercept, X.dtype, X.device)
 
     def zeros(self) -> Tensor:
         """Return the starting point W = 0 of shape (B, dim, k)."""
@@ -83,28 +78,6 @@ class FiniteSumBatch:
         """Return the loss derivatives of the drawn samples at W, shape (B, b, k)."""
         weights = self.sample_weight.gather(1, index)
         return weights[..., None] * self.loss.derivative(rows @ W, self.targets.gather(1, index))
-
-    def all_derivatives(self, W: Tensor) -> Tensor:
-        """Return the loss derivatives of every sample, shape (B, n, k)."""
-        return self.sample_weight[..., None] * self.loss.derivative(self.features @ W, self.targets)
-
-    def data_gradient(self, W: Tensor) -> Tensor:
-        """Return the gradient of each instance's data term, shape (B, dim, k)."""
-        return self.features.transpose(1, 2) @ self.all_derivatives(W) / self.n_samples
-
-    def l2_gradient(self, W: Tensor) -> Tensor:
-        """Return the gradient of the ℓ2 term, ``reg_l2 · W`` on the penalised rows."""
-        return self.reg_l2 * self.penalty_mask * W
-
-    def gradient(self, W: Tensor) -> Tensor:
-        """Return the gradient of each instance's smooth part."""
-        return self.data_gradient(W) + self.l2_gradient(W)
-
-    def prox(self, W: Tensor, step_size: float | Tensor) -> Tensor:
-        """Return the prox of ``step_size · reg · ‖W_pen‖₁`` (``step_size`` may hold one value per instance, shape (B, 1, 1))."""
-        if self.reg == 0.0:
-            return W
-        return prox_l1(W, step_size * self.reg * self.penalty_mask)
 
     def objectives(self, W: Tensor) -> Tensor:
         """Return :math:`F_b(W_b)` for every instance, shape (B,), differentiable, in the dtype of W."""
