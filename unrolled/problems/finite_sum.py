@@ -203,7 +203,12 @@ class FiniteSum(RegularisedLinearSum):
             losses = self.loss.value(margins, self.targets[index].to(torch.float64))
             total += (self.sample_weight[index].to(torch.float64) * losses).sum()
         penalised = W64 * self.penalty_mask.to(torch.float64)
-        value = total / self.n_samples + 0.5 * self.reg_l2 * (penalised**2).sum() + self.reg * penalised.abs().sum()
+        value = total / self.n_samples
+        # Terms with a zero weight are left out, so that an overflowing W gives inf rather than 0 · inf = NaN.
+        if self.reg_l2 > 0:
+            value = value + 0.5 * self.reg_l2 * (penalised**2).sum()
+        if self.reg > 0:
+            value = value + self.reg * penalised.abs().sum()
         return float(value)
 
     def sample_lipschitz(self) -> Tensor:

@@ -75,8 +75,10 @@ class LogisticLoss(GLMLoss):
     curvature = 0.25
 
     def value(self, margins: Tensor, targets: Tensor) -> Tensor:
-        # softplus(-yz) = log(1 + exp(-yz)) without overflow for large |z|.
-        return torch.nn.functional.softplus(-targets * margins[..., 0])
+        # log(exp(0) + exp(-yz)) = log(1 + exp(-yz)) without overflow; softplus would drop the log1p
+        # term beyond its threshold of 20 and disagree with the exact derivative there.
+        negative_margin = -targets * margins[..., 0]
+        return torch.logaddexp(torch.zeros_like(negative_margin), negative_margin)
 
     def derivative(self, margins: Tensor, targets: Tensor) -> Tensor:
         return (-targets * torch.sigmoid(-targets * margins[..., 0]))[..., None]
