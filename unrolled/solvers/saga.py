@@ -22,12 +22,14 @@ from torch import Tensor
 
 from unrolled.problems.finite_sum import FiniteSum
 from unrolled.solvers.stochastic import (
+    NumbaDraws,
     Sampler,
     StochasticMethod,
     StochasticResult,
     batch_gradient,
     batch_smoothness,
     proximal_step,
+    resolve_backend,
     resolve_step_size,
     run_epochs,
 )
@@ -81,6 +83,21 @@ class _SAGA(StochasticMethod):
         self.table[index] = derivatives
 
 
+class _NumbaSAGA(NumbaDraws, _SAGA):
+    """:class:`_SAGA` whose draws run in :func:`unrolled.solvers.numba_kernels.saga_draws`, which updates W, the table and its mean in place."""
+
+    def start_epoch(self, epoch: int) -> None:
+        super().start_epoch(epoch)
+        # The kernel writes the table and its mean through numpy views, which share memory only with contiguous tensors.
+        self.table = self.table.contiguous()
+        self.table_mean = self.table_mean.contiguous()
+
+    def run_draws(self, index: Tensor, weights: Tensor, first_iteration: int) -> None:
+        state = self.kernels.state_array
+        self.kernels.saga_draws(self.arrays, state(self.W), state(self.table), state(self.table_mean),
+                                index.numpy(), weights.numpy(), self.step_size)
+
+
 def saga(
     problem: FiniteSum,
     *,
@@ -94,14 +111,15 @@ def saga(
     trace: bool = False,
     variance_draws: int = 0,
     seed: int = 0,
+    backend: str = "auto",
 ) -> StochasticResult:
     r"""Run proximal SAGA for ``max_epochs`` epochs of n/b steps.
 
-    ``step_size`` is :math:`1/(3L_b)` by default; the other arguments are those of :func:`unrolled.solvers.sgd.sgd`.
+    ``step_size`` is :math:`1/(3L_b)` by default; the other arguments, ``backend`` included, are those of :func:`unrolled.solvers.sgd.sgd`.
     """
     sampler = Sampler(problem, batch_size, sampling, seed)
     step = resolve_step_size(step_size, batch_smoothness(problem, sampler), DEFAULT_STEP_FACTOR, "SAGA")
     W = problem.zeros() if W0 is None else W0.to(problem.dtype).clone()
     problem.check_iterate(W)
-    method = _SAGA(problem, W, step)
+    method = _NumbaSAGA(problem, W, step) if resolve_backend(backend, problem) == "numba" else _SAGA(problem, W, step)
     return run_epochs(method, sampler, max_epochs=max_epochs, tol=tol, f_star=f_star, trace=trace, variance_draws=variance_draws)

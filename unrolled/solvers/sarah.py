@@ -19,12 +19,14 @@ from torch import Tensor
 
 from unrolled.problems.finite_sum import FiniteSum
 from unrolled.solvers.stochastic import (
+    NumbaDraws,
     Sampler,
     StochasticMethod,
     StochasticResult,
     batch_gradient,
     batch_smoothness,
     proximal_step,
+    resolve_backend,
     resolve_step_size,
     run_epochs,
 )
@@ -63,6 +65,22 @@ class _SARAH(StochasticMethod):
         self.W = proximal_step(self.problem, self.W, self.previous, self.step_size)
 
 
+class _NumbaSARAH(NumbaDraws, _SARAH):
+    """:class:`_SARAH` whose draws run in :func:`unrolled.solvers.numba_kernels.sarah_draws`. The full-gradient step of each epoch stays in torch."""
+
+    def start_epoch(self, epoch: int) -> None:
+        super().start_epoch(epoch)
+        # The kernel writes these three through numpy views, which share memory only with contiguous tensors.
+        self.W_previous = self.W_previous.contiguous()
+        self.previous = self.previous.contiguous()
+        self.W = self.W.contiguous()
+
+    def run_draws(self, index: Tensor, weights: Tensor, first_iteration: int) -> None:
+        state = self.kernels.state_array
+        self.kernels.sarah_draws(self.arrays, state(self.W), state(self.W_previous), state(self.previous),
+                                 index.numpy(), weights.numpy(), self.step_size)
+
+
 def sarah(
     problem: FiniteSum,
     *,
@@ -76,14 +94,15 @@ def sarah(
     trace: bool = False,
     variance_draws: int = 0,
     seed: int = 0,
+    backend: str = "auto",
 ) -> StochasticResult:
     r"""Run proximal SARAH for ``max_epochs`` epochs: one full-gradient step, then n/b recursive steps.
 
-    ``step_size`` is :math:`1/(2L_b)` by default; the other arguments are those of :func:`unrolled.solvers.sgd.sgd`.
+    ``step_size`` is :math:`1/(2L_b)` by default; the other arguments, ``backend`` included, are those of :func:`unrolled.solvers.sgd.sgd`.
     """
     sampler = Sampler(problem, batch_size, sampling, seed)
     step = resolve_step_size(step_size, batch_smoothness(problem, sampler), DEFAULT_STEP_FACTOR, "SARAH")
     W = problem.zeros() if W0 is None else W0.to(problem.dtype).clone()
     problem.check_iterate(W)
-    method = _SARAH(problem, W, step)
+    method = _NumbaSARAH(problem, W, step) if resolve_backend(backend, problem) == "numba" else _SARAH(problem, W, step)
     return run_epochs(method, sampler, max_epochs=max_epochs, tol=tol, f_star=f_star, trace=trace, variance_draws=variance_draws)

@@ -14,16 +14,19 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from torch import Tensor
 
 from unrolled.problems.finite_sum import FiniteSum
 from unrolled.solvers.stochastic import (
+    NumbaDraws,
     Sampler,
     StochasticMethod,
     StochasticResult,
     batch_gradient,
     batch_smoothness,
     proximal_step,
+    resolve_backend,
     resolve_step_size,
     run_epochs,
 )
@@ -61,6 +64,23 @@ class _SGD(StochasticMethod):
         self.W = proximal_step(self.problem, self.W, self.estimate(index, weights), self.step_at(iteration))
 
 
+class _NumbaSGD(NumbaDraws, _SGD):
+    """:class:`_SGD` whose draws run in :func:`unrolled.solvers.numba_kernels.sgd_draws`."""
+
+    def steps_at(self, first_iteration: int, n_iter: int) -> np.ndarray:
+        """Return :meth:`_SGD.step_at` of iterations first_iteration .. first_iteration + n_iter - 1, with the same float operations."""
+        epochs = np.arange(first_iteration, first_iteration + n_iter) / self.draws_per_epoch
+        if self.schedule == "inverse":
+            return self.step_size / (1.0 + epochs)
+        if self.schedule == "inverse_sqrt":
+            return self.step_size / np.sqrt(1.0 + epochs)
+        return np.full(n_iter, self.step_size)
+
+    def run_draws(self, index: Tensor, weights: Tensor, first_iteration: int) -> None:
+        steps = self.steps_at(first_iteration, index.shape[0])
+        self.kernels.sgd_draws(self.arrays, self.kernels.state_array(self.W), index.numpy(), weights.numpy(), steps)
+
+
 def sgd(
     problem: FiniteSum,
     *,
@@ -75,6 +95,7 @@ def sgd(
     trace: bool = False,
     variance_draws: int = 0,
     seed: int = 0,
+    backend: str = "auto",
 ) -> StochasticResult:
     r"""Run proximal SGD for ``max_epochs`` epochs of n/b steps.
 
@@ -91,6 +112,9 @@ def sgd(
         trace: record a per-epoch :class:`~unrolled.solvers.stochastic.StochasticTrace`.
         variance_draws: mini-batches per epoch used to measure the estimator's variance (0: off).
         seed: seed of the index stream.
+        backend: ``torch``, ``numba`` (compiled CPU kernels, :mod:`unrolled.solvers.numba_kernels`) or
+            ``auto`` (numba on CPU when it imports, torch otherwise); see
+            :func:`unrolled.solvers.stochastic.resolve_backend`.
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}.")
@@ -98,5 +122,6 @@ def sgd(
     step = resolve_step_size(step_size, batch_smoothness(problem, sampler), 1.0, "SGD")
     W = problem.zeros() if W0 is None else W0.to(problem.dtype).clone()
     problem.check_iterate(W)
-    method = _SGD(problem, W, step, schedule, batch_size)
+    method_class = _NumbaSGD if resolve_backend(backend, problem) == "numba" else _SGD
+    method = method_class(problem, W, step, schedule, batch_size)
     return run_epochs(method, sampler, max_epochs=max_epochs, tol=tol, f_star=f_star, trace=trace, variance_draws=variance_draws)

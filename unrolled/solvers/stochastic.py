@@ -12,12 +12,20 @@ Step sizes are measured against the expected smoothness of the mini-batch estima
 replacement :math:`L_b = L_s/b + (1 - 1/b)\,L + \mathrm{reg\_l2}` (Gower, Loizou, Qian, Sailanbayev,
 Shulgin, Richtárik, "SGD: general analysis and improved rates", ICML 2019), where L is the
 smoothness of the full data gradient and :math:`L_s = \max_i L_i/(n p_i)` that of one draw.
+
+Two backends run the draws of an epoch. ``torch`` calls :meth:`StochasticMethod.step` once per
+draw, on any device. ``numba`` hands the whole epoch of draws to a compiled CPU kernel of
+:mod:`unrolled.solvers.numba_kernels`, through :meth:`StochasticMethod.run_draws`. The draws, the
+epoch structure, the step sizes, the trace and the variance measurement are the same on both, so
+one seed gives the same iterates up to rounding.
 """
 
 from __future__ import annotations
 
 import abc
 import copy
+import importlib
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -26,7 +34,48 @@ from torch import Tensor
 
 from unrolled.problems.finite_sum import FiniteSum
 
+log = logging.getLogger(__name__)
+
 SAMPLINGS = ("uniform", "importance")
+BACKENDS = ("auto", "torch", "numba")
+NUMBA_DTYPES = (torch.float32, torch.float64)
+# The fallback of "auto" to torch is logged once per process, not at every solver call.
+_fallback_logged = False
+
+
+def resolve_backend(backend: str, problem: FiniteSum) -> str:
+    """Return ``"torch"`` or ``"numba"``, the backend that runs the draws of ``problem``.
+
+    ``auto`` picks numba for a CPU problem in float32 or float64 when numba imports, and torch
+    otherwise (always on CUDA). When numba is missing it logs why, once per process. ``numba``
+    raises when the kernels cannot run: ``ImportError`` without numba, ``ValueError`` for another
+    device or dtype.
+    """
+    global _fallback_logged
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}.")
+    if backend == "torch":
+        return "torch"
+    if problem.device.type != "cpu" or problem.dtype not in NUMBA_DTYPES:
+        if backend == "numba":
+            raise ValueError(
+                f"backend='numba' runs on CPU in float32 or float64, but the problem is {problem.dtype} on {problem.device}. "
+                "Use backend='torch' (or 'auto', which picks torch there)."
+            )
+        return "torch"
+    try:
+        importlib.import_module("unrolled.solvers.numba_kernels")
+    except ImportError as error:
+        if backend == "numba":
+            raise ImportError(
+                f"backend='numba' needs numba, which failed to import ({error}). "
+                "Install it with pip install 'numba>=0.59', or pass backend='torch'."
+            ) from error
+        if not _fallback_logged:
+            log.info("numba failed to import (%s), so the stochastic solvers use the torch backend.", error)
+            _fallback_logged = True
+        return "torch"
+    return "numba"
 
 
 class Sampler:
@@ -143,11 +192,12 @@ class StochasticTrace:
 
 @dataclass
 class StochasticResult:
-    """Final iterate W (dim, k), the epochs run, and the trace when one was requested."""
+    """Final iterate W (dim, k), the epochs run, the trace when one was requested, and the backend that ran the draws."""
 
     W: Tensor
     n_epochs: int
     trace: StochasticTrace | None = None
+    backend: str = "torch"
 
 
 class StochasticMethod(abc.ABC):
@@ -155,10 +205,12 @@ class StochasticMethod(abc.ABC):
 
     Subclasses implement :meth:`estimate` (the gradient estimate of the data term, without side
     effects) and :meth:`step` (one update, which may change the method's memory), and may refresh
-    their memory in :meth:`start_epoch`.
+    their memory in :meth:`start_epoch`. The numba variants override :meth:`run_draws` to apply a
+    whole epoch of draws in a compiled kernel, updating their state tensors in place.
     """
 
     name: str
+    backend: str = "torch"
     # Per-sample gradients one draw costs: 2 where the estimate also evaluates a reference point (SVRG, SARAH).
     evals_per_draw: int = 1
 
@@ -179,10 +231,31 @@ class StochasticMethod(abc.ABC):
     def step(self, index: Tensor, weights: Tensor, iteration: int) -> None:
         """Apply one update with the mini-batch ``index`` (b,) and its weights (b,)."""
 
+    def run_draws(self, index: Tensor, weights: Tensor, first_iteration: int) -> None:
+        """Apply one update per row of ``index`` (n_iter, b) and ``weights`` (n_iter, b), row t being iteration first_iteration + t."""
+        for t in range(index.shape[0]):
+            self.step(index[t], weights[t], first_iteration + t)
+
     def full_data_gradient(self, W: Tensor) -> Tensor:
         """Return the exact data gradient at W and count its n per-sample gradients."""
         self.grad_evals += self.problem.n_samples
         return self.problem.data_gradient(W)
+
+
+class NumbaDraws:
+    """Mixin that makes a method its numba variant, listed first among the bases: ``class _NumbaSAGA(NumbaDraws, _SAGA)``.
+
+    It stores the kernels module and the problem's arrays, and keeps W contiguous and detached,
+    because the kernels update W in place through a numpy view. The variant overrides
+    :meth:`StochasticMethod.run_draws` with a kernel call.
+    """
+
+    backend = "numba"
+
+    def __init__(self, problem: FiniteSum, W: Tensor, step_size: float, *args) -> None:
+        self.kernels = importlib.import_module("unrolled.solvers.numba_kernels")
+        super().__init__(problem, W.detach().contiguous(), step_size, *args)
+        self.arrays = self.kernels.KernelProblem.from_problem(problem)
 
 
 @torch.no_grad()
@@ -236,9 +309,7 @@ def run_epochs(
             start = _synchronised_clock(problem.device)
             method.start_epoch(n_epochs - 1)
             index, weights = sampler.draw(iterations_per_epoch)
-            first = (n_epochs - 1) * iterations_per_epoch
-            for t in range(iterations_per_epoch):
-                method.step(index[t], weights[t], first + t)
+            method.run_draws(index, weights, (n_epochs - 1) * iterations_per_epoch)
             method.grad_evals += iterations_per_epoch * sampler.batch_size * method.evals_per_draw
             elapsed += _synchronised_clock(problem.device) - start
             if not bool(torch.isfinite(method.W).all()):
@@ -248,7 +319,7 @@ def run_epochs(
                 )
             if check(n_epochs):
                 break
-    return StochasticResult(W=method.W, n_epochs=n_epochs, trace=record)
+    return StochasticResult(W=method.W, n_epochs=n_epochs, trace=record, backend=method.backend)
 
 
 def _synchronised_clock(device: torch.device) -> float:

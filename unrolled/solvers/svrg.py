@@ -18,17 +18,20 @@ through hoops and remove those loops: SVRG and Katyusha are better without the o
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from unrolled.problems.finite_sum import FiniteSum
 from unrolled.solvers.stochastic import (
+    NumbaDraws,
     Sampler,
     StochasticMethod,
     StochasticResult,
     batch_gradient,
     batch_smoothness,
     proximal_step,
+    resolve_backend,
     resolve_step_size,
     run_epochs,
 )
@@ -87,6 +90,38 @@ class _LooplessSVRG(_SVRG):
             self.take_snapshot()
 
 
+class _NumbaSVRG(NumbaDraws, _SVRG):
+    """:class:`_SVRG` whose draws run in :func:`unrolled.solvers.numba_kernels.svrg_draws`. The snapshots stay in torch."""
+
+    def run_draws(self, index: Tensor, weights: Tensor, first_iteration: int) -> None:
+        self.kernels.svrg_draws(
+            self.arrays, self.kernels.state_array(self.W), self.snapshot.numpy(), self.snapshot_gradient.contiguous().numpy(),
+            index.numpy(), weights.numpy(), self.step_size,
+        )
+
+
+class _NumbaLooplessSVRG(NumbaDraws, _LooplessSVRG):
+    """:class:`_LooplessSVRG` whose draws run in :func:`unrolled.solvers.numba_kernels.svrg_draws`.
+
+    The coins of the epoch are drawn at once: ``torch.rand((m,))`` yields the values of m
+    successive ``torch.rand(())`` calls on the CPU generator (torch 2.14), which the equality
+    test with the torch backend checks. The kernel stops after each successful coin, and the
+    snapshot is taken here in torch, as ``_LooplessSVRG.step`` does.
+    """
+
+    def run_draws(self, index: Tensor, weights: Tensor, first_iteration: int) -> None:
+        coins = torch.rand((index.shape[0],), generator=self.coins).numpy().astype(np.float64)
+        index, weights = index.numpy(), weights.numpy()
+        position = 0
+        while position < index.shape[0]:
+            position += self.kernels.svrg_draws(
+                self.arrays, self.kernels.state_array(self.W), self.snapshot.numpy(), self.snapshot_gradient.contiguous().numpy(),
+                index[position:], weights[position:], self.step_size, coins[position:], self.probability,
+            )
+            if coins[position - 1] < self.probability:
+                self.take_snapshot()
+
+
 def svrg(
     problem: FiniteSum,
     *,
@@ -102,6 +137,7 @@ def svrg(
     trace: bool = False,
     variance_draws: int = 0,
     seed: int = 0,
+    backend: str = "auto",
 ) -> StochasticResult:
     r"""Run proximal SVRG (or L-SVRG with ``loopless=True``) for ``max_epochs`` epochs of n/b steps.
 
@@ -109,11 +145,12 @@ def svrg(
         step_size: :math:`\gamma`; :math:`1/(3L_b)` by default (see :mod:`unrolled.solvers.stochastic`).
         loopless: use L-SVRG's random snapshot updates instead of one snapshot per epoch.
         snapshot_probability: L-SVRG's p; b/n by default (one expected snapshot per epoch).
-        The other arguments are those of :func:`unrolled.solvers.sgd.sgd`. An epoch counts its n/b
+        The other arguments, ``backend`` included, are those of :func:`unrolled.solvers.sgd.sgd`. An epoch counts its n/b
         draws; the full gradients of the snapshots are counted in ``grad_evals``.
     """
     sampler = Sampler(problem, batch_size, sampling, seed)
     name = "L-SVRG" if loopless else "SVRG"
+    numba = resolve_backend(backend, problem) == "numba"
     step = resolve_step_size(step_size, batch_smoothness(problem, sampler), DEFAULT_STEP_FACTOR, name)
     W = problem.zeros() if W0 is None else W0.to(problem.dtype).clone()
     problem.check_iterate(W)
@@ -121,9 +158,10 @@ def svrg(
         probability = batch_size / problem.n_samples if snapshot_probability is None else snapshot_probability
         if not 0.0 < probability <= 1.0:
             raise ValueError(f"snapshot_probability must lie in (0, 1], got {probability}.")
-        method: _SVRG = _LooplessSVRG(problem, W, step, probability, seed + 1)
+        loopless_class = _NumbaLooplessSVRG if numba else _LooplessSVRG
+        method: _SVRG = loopless_class(problem, W, step, probability, seed + 1)
     elif snapshot_probability is not None:
         raise ValueError("snapshot_probability applies to loopless SVRG only; pass loopless=True.")
     else:
-        method = _SVRG(problem, W, step)
+        method = _NumbaSVRG(problem, W, step) if numba else _SVRG(problem, W, step)
     return run_epochs(method, sampler, max_epochs=max_epochs, tol=tol, f_star=f_star, trace=trace, variance_draws=variance_draws)
