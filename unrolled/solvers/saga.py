@@ -64,7 +64,7 @@ class _SAGA(StochasticMethod):
         super().__init__(problem, W, step_size)
         self.table = problem.all_derivatives(W)
         self.grad_evals += problem.n_samples
-        self.table_mean = torch.zeros_like(W)
+        self.table_mean = problem.features.T @ self.table / problem.n_samples
 
     def start_epoch(self, epoch: int) -> None:
         self.table_mean = self.problem.features.T @ self.table / self.problem.n_samples

@@ -48,11 +48,14 @@ class _SARAH(StochasticMethod):
 
     def __init__(self, problem: FiniteSum, W: Tensor, step_size: float) -> None:
         super().__init__(problem, W, step_size)
+        # v_0, the full gradient at the start: epoch 0 takes its step with it, and at this state the
+        # estimate is exact, so the trace's first variance entry measures the method's own estimate.
         self.W_previous = W
-        self.previous = W
+        self.previous = self.full_data_gradient(W)
 
     def start_epoch(self, epoch: int) -> None:
-        self.previous = self.full_data_gradient(self.W)
+        if epoch > 0:
+            self.previous = self.full_data_gradient(self.W)
         self.W_previous = self.W
         self.W = proximal_step(self.problem, self.W, self.previous, self.step_size)
 

@@ -46,7 +46,8 @@ class _SGD(StochasticMethod):
     def __init__(self, problem: FiniteSum, W: Tensor, step_size: float, schedule: str, batch_size: int) -> None:
         super().__init__(problem, W, step_size)
         self.schedule = schedule
-        self.draws_per_epoch = problem.n_samples / batch_size
+        # The draws of one epoch of run_epochs, so that the schedule decays once per epoch run.
+        self.draws_per_epoch = float(max(1, problem.n_samples // batch_size))
 
     def step_at(self, iteration: int) -> float:
         """Return the step of iteration t: constant, or decayed by 1/(1 + e) or 1/sqrt(1 + e) after e epochs."""

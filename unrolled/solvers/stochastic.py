@@ -26,6 +26,7 @@ import abc
 import copy
 import importlib
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -134,8 +135,11 @@ def batch_smoothness(problem: FiniteSum, sampler: Sampler) -> float:
 def resolve_step_size(step_size: float | None, smoothness: float, default_factor: float, method: str) -> float:
     r"""Return ``step_size``, or ``default_factor`` / :math:`L_b`; reject steps outside (0, 2/:math:`L_b`].
 
-    Above :math:`2/L_b` no analysis of these methods applies and a single sampled gradient step can
-    already increase the objective.
+    Above :math:`2/L_b` no method here can be stable: a single sampled gradient step can already
+    increase the objective. Below it, only the method's own analysis gives a guarantee (roughly
+    :math:`1/(3L_b)` for SAGA and SVRG); larger steps within the range can still diverge, for
+    instance SAGA with importance sampling on the diabetes Lasso from :math:`1/L_b`, and the run
+    then stops with ``FloatingPointError``.
     """
     if step_size is None:
         return default_factor / smoothness
@@ -144,7 +148,7 @@ def resolve_step_size(step_size: float | None, smoothness: float, default_factor
     if step_size > 2.0 / smoothness:
         raise ValueError(
             f"{method}: step_size={step_size:.6g} is above the stable range 2/L_b = {2.0 / smoothness:.6g} "
-            f"(L_b = {smoothness:.6g}, the smoothness of the mini-batch gradient). "
+            f"(L_b = {smoothness:.6g}, the smoothness of the mini-batch gradient), where even one mini-batch step can increase the objective. "
             f"Use step_size <= {default_factor / smoothness:.6g} (the default), or leave it as None."
         )
     return step_size
@@ -292,6 +296,10 @@ def run_epochs(
         if not watch_objective:
             return False
         objective = problem.objective(method.W)
+        if not math.isfinite(objective):
+            raise FloatingPointError(
+                f"{method.name} diverged by epoch {epoch}: the objective is {objective}. Lower step_size (now {method.step_size:.6g})."
+            )
         if record is not None:
             record.epoch.append(float(epoch))
             record.objective.append(objective)

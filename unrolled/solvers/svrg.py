@@ -55,15 +55,16 @@ class _SVRG(StochasticMethod):
 
     def __init__(self, problem: FiniteSum, W: Tensor, step_size: float) -> None:
         super().__init__(problem, W, step_size)
-        self.snapshot = W
-        self.snapshot_gradient = torch.zeros_like(W)
+        # The first snapshot is the starting point, so the trace's first variance entry measures the method's own estimate.
+        self.take_snapshot()
 
     def take_snapshot(self) -> None:
         self.snapshot = self.W.clone()
         self.snapshot_gradient = self.full_data_gradient(self.snapshot)
 
     def start_epoch(self, epoch: int) -> None:
-        self.take_snapshot()
+        if epoch > 0:
+            self.take_snapshot()
 
     def estimate(self, index: Tensor, weights: Tensor) -> Tensor:
         return svrg_direction(self.problem, self.W, self.snapshot, self.snapshot_gradient, index, weights)
@@ -81,8 +82,7 @@ class _LooplessSVRG(_SVRG):
         self.coins = torch.Generator(device="cpu").manual_seed(seed)
 
     def start_epoch(self, epoch: int) -> None:
-        if epoch == 0:
-            self.take_snapshot()
+        """Take no snapshot: L-SVRG moves it by its coin after each step."""
 
     def step(self, index: Tensor, weights: Tensor, iteration: int) -> None:
         super().step(index, weights, iteration)
