@@ -17,11 +17,13 @@ from models.runs import resume_checkpoint
 from models.variance_reduced import InstanceDataModule, VarianceReducedModule
 from unrolled.files import write_atomic
 from unrolled.machine import describe_machine
-from unrolled.report.stochastic import compare_with_classical
+from unrolled.report.stochastic import compare_with_classical, render_comparison_png
 
 log = logging.getLogger(__name__)
 
 CARD_FORMAT = "unrolled-zoo/variance-reduced-card/1"
+# Median test suboptimality against layers and against the classical method's steps.
+REPORT_FIGURE = "report.png"
 
 
 def build_variance_reduced_module(config: dict[str, Any]) -> VarianceReducedModule:
@@ -40,7 +42,7 @@ def build_variance_reduced_module(config: dict[str, Any]) -> VarianceReducedModu
 def train_variance_reduced(
     config: dict[str, Any], run_dir: Path, callbacks: list[pl.Callback], loggers: list[Any], run_record: dict[str, Any]
 ) -> dict[str, Any]:
-    """Fit, test on the best checkpoint, compare with the classical method and export weights and card into ``run_dir``."""
+    """Fit, test on the best checkpoint, compare with the classical method, and write weights, card and ``report.png`` into ``run_dir``."""
     if config.get("publish_as"):
         raise ValueError(
             f"publish_as={config['publish_as']!r}: the zoo does not hold unrolled stochastic networks yet; "
@@ -93,6 +95,7 @@ def train_variance_reduced(
         },
     }
     write_atomic(run_dir / CARD_FILE, (json.dumps(card, indent=2) + "\n").encode())
+    write_atomic(run_dir / REPORT_FIGURE, render_comparison_png(module.hparams.network, module.test_results["median"], comparison))
     last = module.test_results["median"][-1]
     needed = comparison["steps_needed"][-1]
     log.info(

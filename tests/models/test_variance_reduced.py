@@ -60,6 +60,7 @@ def test_run_writes_card_with_measured_figures(compose_train, tmp_path, experime
     result = _train(compose_train, tmp_path, experiment=experiment)
 
     card = json.loads((tmp_path / CARD_FILE).read_text())
+    assert (tmp_path / "report.png").read_bytes().startswith(b"\x89PNG")
     assert card["sha256"] == sha256_file(tmp_path / WEIGHTS_FILE)
     per_layer = card["test_metrics"]["per_layer"]
     assert len(per_layer["median"]) == N_LAYERS + 1

@@ -9,10 +9,13 @@ fewest over the grid, which is the classical method with its step tuned for each
 
 from __future__ import annotations
 
+import io
 import math
 from typing import Any
 
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from torch import Tensor
 
 from unrolled.layers.variance_reduced import UnrolledSVRG, UnrolledVarianceReduced
@@ -97,3 +100,29 @@ def compare_with_classical(
         "steps_needed": needed,
         "ratio": ratio,
     }
+
+
+def render_comparison_png(name: str, layer_medians: list[float], comparison: dict[str, Any], dpi: int = 110) -> bytes:
+    """Return a PNG of the median test suboptimality after each layer (network) and each recorded step (classical, every scale).
+
+    Both axes are logarithmic; step 0 (the shared starting point) is left out.
+    """
+    figure = Figure(figsize=(6.4, 4.8), layout="constrained")
+    FigureCanvasAgg(figure)
+    ax = figure.subplots()
+    every = comparison["record_every"]
+    scales = comparison["curves"]
+    for index, (scale, curve) in enumerate(scales.items()):
+        shade = 0.25 + 0.6 * index / max(1, len(scales) - 1)
+        steps = [every * i for i in range(1, len(curve))]
+        ax.plot(steps, curve[1:], color=(shade, shade, shade), linewidth=1, label=f"classical, step {float(scale):g}/L_b")
+    ax.plot(range(1, len(layer_medians)), layer_medians[1:], color="tab:red", marker="o", markersize=3, label=name)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("layer (network) / step (classical)")
+    ax.set_ylabel("median test suboptimality F − F*")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="small")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
