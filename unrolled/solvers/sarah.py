@@ -20,14 +20,12 @@ from torch import Tensor
 from unrolled.problems.finite_sum import FiniteSum
 from unrolled.solvers.stochastic import (
     NumbaDraws,
-    Sampler,
     StochasticMethod,
     StochasticResult,
     batch_gradient,
-    batch_smoothness,
+    prepare_run,
     proximal_step,
     resolve_backend,
-    resolve_step_size,
     run_epochs,
 )
 
@@ -103,9 +101,8 @@ def sarah(
 
     ``step_size`` is :math:`1/(2L_b)` by default; the other arguments, ``backend`` included, are those of :func:`unrolled.solvers.sgd.sgd`.
     """
-    sampler = Sampler(problem, batch_size, sampling, seed)
-    step = resolve_step_size(step_size, batch_smoothness(problem, sampler), DEFAULT_STEP_FACTOR, "SARAH")
-    W = problem.zeros() if W0 is None else W0.to(problem.dtype).clone()
-    problem.check_iterate(W)
+    sampler, step, W = prepare_run(
+        problem, W0, step_size=step_size, default_factor=DEFAULT_STEP_FACTOR, batch_size=batch_size, sampling=sampling, seed=seed, method="SARAH"
+    )
     method = _NumbaSARAH(problem, W, step) if resolve_backend(backend, problem) == "numba" else _SARAH(problem, W, step)
     return run_epochs(method, sampler, max_epochs=max_epochs, tol=tol, f_star=f_star, trace=trace, variance_draws=variance_draws)

@@ -20,14 +20,12 @@ from torch import Tensor
 from unrolled.problems.finite_sum import FiniteSum
 from unrolled.solvers.stochastic import (
     NumbaDraws,
-    Sampler,
     StochasticMethod,
     StochasticResult,
     batch_gradient,
-    batch_smoothness,
+    prepare_run,
     proximal_step,
     resolve_backend,
-    resolve_step_size,
     run_epochs,
 )
 
@@ -119,10 +117,9 @@ def sgd(
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}.")
-    sampler = Sampler(problem, batch_size, sampling, seed)
-    step = resolve_step_size(step_size, batch_smoothness(problem, sampler), 1.0, "SGD")
-    W = problem.zeros() if W0 is None else W0.to(problem.dtype).clone()
-    problem.check_iterate(W)
+    sampler, step, W = prepare_run(
+        problem, W0, step_size=step_size, default_factor=1.0, batch_size=batch_size, sampling=sampling, seed=seed, method="SGD"
+    )
     method_class = _NumbaSGD if resolve_backend(backend, problem) == "numba" else _SGD
     method = method_class(problem, W, step, schedule, batch_size)
     return run_epochs(method, sampler, max_epochs=max_epochs, tol=tol, f_star=f_star, trace=trace, variance_draws=variance_draws)

@@ -154,6 +154,25 @@ def resolve_step_size(step_size: float | None, smoothness: float, default_factor
     return step_size
 
 
+def prepare_run(
+    problem: FiniteSum,
+    W0: Tensor | None,
+    *,
+    step_size: float | None,
+    default_factor: float,
+    batch_size: int,
+    sampling: str,
+    seed: int,
+    method: str,
+) -> tuple[Sampler, float, Tensor]:
+    """Return the sampler, the checked step size and the starting point (zeros when ``W0`` is None) of a run."""
+    sampler = Sampler(problem, batch_size, sampling, seed)
+    step = resolve_step_size(step_size, batch_smoothness(problem, sampler), default_factor, method)
+    W = problem.zeros() if W0 is None else W0.to(problem.dtype).clone()
+    problem.check_iterate(W)
+    return sampler, step, W
+
+
 def batch_gradient(rows: Tensor, derivatives: Tensor, weights: Tensor) -> Tensor:
     r"""Return the mini-batch estimate :math:`\frac1b\sum_{j\in B} \tilde x_j g_j^\top/(n p_j)` from rows (b, d) and derivatives (b, k)."""
     # Leading dimensions are instances solved side by side (unrolled networks train on batches of problems).

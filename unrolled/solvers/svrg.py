@@ -25,14 +25,12 @@ from torch import Tensor
 from unrolled.problems.finite_sum import FiniteSum
 from unrolled.solvers.stochastic import (
     NumbaDraws,
-    Sampler,
     StochasticMethod,
     StochasticResult,
     batch_gradient,
-    batch_smoothness,
+    prepare_run,
     proximal_step,
     resolve_backend,
-    resolve_step_size,
     run_epochs,
 )
 
@@ -148,12 +146,11 @@ def svrg(
         The other arguments, ``backend`` included, are those of :func:`unrolled.solvers.sgd.sgd`. An epoch counts its n/b
         draws; the full gradients of the snapshots are counted in ``grad_evals``.
     """
-    sampler = Sampler(problem, batch_size, sampling, seed)
     name = "L-SVRG" if loopless else "SVRG"
     numba = resolve_backend(backend, problem) == "numba"
-    step = resolve_step_size(step_size, batch_smoothness(problem, sampler), DEFAULT_STEP_FACTOR, name)
-    W = problem.zeros() if W0 is None else W0.to(problem.dtype).clone()
-    problem.check_iterate(W)
+    sampler, step, W = prepare_run(
+        problem, W0, step_size=step_size, default_factor=DEFAULT_STEP_FACTOR, batch_size=batch_size, sampling=sampling, seed=seed, method=name
+    )
     if loopless:
         probability = batch_size / problem.n_samples if snapshot_probability is None else snapshot_probability
         if not 0.0 < probability <= 1.0:
