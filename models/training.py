@@ -19,6 +19,7 @@ from models.hub import CARD_FILE, WEIGHTS_FILE, checkpoints_dir, export_model, l
 from models.layerwise import LayerwiseTraining
 from models.module import UnrolledModule
 from models.runs import check_publish_target, publish, resume_checkpoint
+from models.variance_reduced import STOCHASTIC_NETWORKS
 from models.variance_reduced_training import train_variance_reduced
 from unrolled.files import write_atomic
 from unrolled.machine import describe_machine
@@ -155,6 +156,11 @@ def train(config: dict[str, Any], run_dir: Path, callbacks: list[pl.Callback], l
     pl.seed_everything(config["seed"], workers=True)
     if config["problem"]["name"] in FAMILIES:
         return train_variance_reduced(config, run_dir, callbacks, loggers, run_record)
+    if config["model"]["name"] in STOCHASTIC_NETWORKS:
+        raise ValueError(
+            f"model={config['model']['name']} trains on an instance family of finite sums, not on problem "
+            f"{config['problem']['name']!r}: add problem=breast_cancer_subsets, or use experiment=saga_breast_cancer / svrg_breast_cancer."
+        )
     problem = build_problem(config["problem"])
     module = build_module(config)
     initialised_from = load_initial_weights(module, config["init_from"]) if config.get("init_from") else None

@@ -9,22 +9,26 @@ instances of :math:`\\log_{10}(F - F^\\star)` with the draws fixed by the family
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 from models.data import TrainerEpochSampler
+from models.hub import CARD_FILE, sha256_file
 from models.module import NonFiniteLossError, TimedTraining, with_lr_schedule
 from models.registry import unknown_name_error
 from unrolled.layers.variance_reduced import UnrolledSAGA, UnrolledSVRG, UnrolledVarianceReduced
 from unrolled.problems.base import EpochSampler, seeded_generator
 from unrolled.problems.finite_sum_batch import FiniteSumBatch
-from unrolled.problems.instance_family import build_family
+from unrolled.problems.instance_family import SubsetInstances, build_family
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +43,22 @@ def build_stochastic_network(name: str, n_layers: int, **kwargs: Any) -> Unrolle
     if name not in STOCHASTIC_NETWORKS:
         raise unknown_name_error("stochastic network", name, list(STOCHASTIC_NETWORKS))
     return STOCHASTIC_NETWORKS[name](n_layers, **kwargs)
+
+
+def load_variance_reduced_run(folder: str | Path) -> tuple[UnrolledVarianceReduced, SubsetInstances, dict[str, Any]]:
+    """Load the unrolled SVRG/SAGA network that ``train.py`` exported into a run folder, with its instance family and card.
+
+    Only networks of :data:`STOCHASTIC_NETWORKS` are built; the weights are read with safetensors
+    (no pickle) after their sha256 is checked against the card. The network is float64, as trained.
+    """
+    folder = Path(folder)
+    card = json.loads((folder / CARD_FILE).read_text())
+    network = build_stochastic_network(card["network"], card["n_layers"], **card["network_kwargs"]).double()
+    weights = folder / card["weights_file"]
+    if sha256_file(weights) != card["sha256"]:
+        raise ValueError(f"the sha256 of {weights} does not match its card {folder / CARD_FILE}: the weights were changed or damaged.")
+    network.load_state_dict(load_file(weights), strict=True)
+    return network, build_family(card["problem"]), card
 
 
 def log10_suboptimality(instances: FiniteSumBatch, W: Tensor, f_star: Tensor) -> Tensor:

@@ -14,7 +14,7 @@ from safetensors.torch import save
 
 from models.hub import CARD_FILE, WEIGHTS_FILE, sha256_file
 from models.runs import resume_checkpoint
-from models.variance_reduced import InstanceDataModule, VarianceReducedModule
+from models.variance_reduced import STOCHASTIC_NETWORKS, InstanceDataModule, VarianceReducedModule
 from unrolled.files import write_atomic
 from unrolled.machine import describe_machine
 from unrolled.report.stochastic import compare_with_classical, render_comparison_png
@@ -43,6 +43,16 @@ def train_variance_reduced(
     config: dict[str, Any], run_dir: Path, callbacks: list[pl.Callback], loggers: list[Any], run_record: dict[str, Any]
 ) -> dict[str, Any]:
     """Fit, test on the best checkpoint, compare with the classical method, and write weights, card and ``report.png`` into ``run_dir``."""
+    if config["model"]["name"] not in STOCHASTIC_NETWORKS:
+        raise ValueError(
+            f"problem {config['problem']['name']!r} is an instance family of finite sums, which only the networks "
+            f"{sorted(STOCHASTIC_NETWORKS)} solve, got model={config['model']['name']}. Pass model=unrolled_saga or model=unrolled_svrg."
+        )
+    # Neither is implemented for these networks yet; refusing beats a run that silently ignores them.
+    if config.get("init_from"):
+        raise ValueError(f"init_from={config['init_from']!r} is not supported for unrolled SVRG/SAGA yet; pass init_from=null.")
+    if (config.get("protocol") or {}).get("name", "end_to_end") != "end_to_end":
+        raise ValueError("unrolled SVRG/SAGA train end to end only; pass protocol=end_to_end.")
     if config.get("publish_as"):
         raise ValueError(
             f"publish_as={config['publish_as']!r}: the zoo does not hold unrolled stochastic networks yet; "

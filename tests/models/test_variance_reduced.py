@@ -8,13 +8,11 @@ import math
 import pytest
 import pytorch_lightning as pl
 import torch
-from safetensors.torch import load_file
 
 from models.hub import CARD_FILE, WEIGHTS_FILE, sha256_file
 from models.module import NonFiniteLossError
 from models.training import train_from_config
-from models.variance_reduced import STOCHASTIC_NETWORKS, build_stochastic_network
-from unrolled.problems.instance_family import build_family
+from models.variance_reduced import STOCHASTIC_NETWORKS, build_stochastic_network, load_variance_reduced_run
 from unrolled.report.stochastic import median_suboptimality
 
 N_LAYERS = 3
@@ -65,9 +63,7 @@ def test_run_writes_card_with_measured_figures(compose_train, tmp_path, experime
     per_layer = card["test_metrics"]["per_layer"]
     assert len(per_layer["median"]) == N_LAYERS + 1
     # Re-measure the last layer's median on the test instances with the exported weights.
-    network = build_stochastic_network(card["network"], card["n_layers"], **card["network_kwargs"]).double()
-    network.load_state_dict(load_file(tmp_path / WEIGHTS_FILE))
-    family = build_family(card["problem"])
+    network, family, _ = load_variance_reduced_run(tmp_path)
     instances, _, f_star = family.fixed_set("test")
     with torch.no_grad():
         W = network(instances, index=network.draw(instances, family.draw_generator("test")))[-1]
@@ -109,3 +105,36 @@ def test_unknown_network_lists_the_registered_ones():
     with pytest.raises(ValueError, match="unknown stochastic network 'unrolled_sag'.*unrolled_saga"):
         build_stochastic_network("unrolled_sag", 3)
     assert sorted(STOCHASTIC_NETWORKS) == ["unrolled_saga", "unrolled_svrg"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["init_from=some_run"], "init_from='some_run' is not supported"),
+        (["protocol=layerwise"], "train end to end only"),
+    ],
+)
+def test_unsupported_combinations_are_refused(compose_train, tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        _train(compose_train, tmp_path, overrides)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model=unrolled_saga"], "model=unrolled_saga trains on an instance family"),
+        (["problem=breast_cancer_subsets"], "only the networks .*got model=alista"),
+    ],
+)
+def test_mismatched_model_and_problem_are_refused(compose_train, tmp_path, overrides, message):
+    cfg = compose_train([*overrides, "trainer=cpu", "logger=none"], run_dir=tmp_path)
+    with pytest.raises(ValueError, match=message):
+        train_from_config(cfg, tmp_path)
+
+
+def test_loading_rejects_changed_weights(compose_train, tmp_path):
+    _train(compose_train, tmp_path)
+    weights = tmp_path / WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\x00")
+    with pytest.raises(ValueError, match="sha256 .* does not match"):
+        load_variance_reduced_run(tmp_path)

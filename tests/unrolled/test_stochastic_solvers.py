@@ -753,3 +753,27 @@ def test_overflowing_objective_raises():
 
     with pytest.raises(FloatingPointError):
         saga(problem, sampling="importance", step_size=step_size, max_epochs=300, trace=True)
+
+
+def test_rising_objective_logs_a_warning(caplog):
+    """A step that makes the objective grow (importance-sampled SAGA, b = 8, step just below 2/L_b) is reported once."""
+    problem = _diabetes_lasso(1.0)
+    step_size = 0.999 * 2.0 / batch_smoothness(problem, Sampler(problem, 8, "importance", seed=0))
+
+    with caplog.at_level("WARNING", logger="unrolled.solvers.stochastic"):
+        result = saga(problem, sampling="importance", batch_size=8, step_size=step_size, max_epochs=20, trace=True)
+
+    assert result.trace.objective[-1] > result.trace.objective[0]
+    warnings = [record for record in caplog.records if "is above its starting value" in record.getMessage()]
+    assert len(warnings) == 1
+    assert "step_size" in warnings[0].getMessage()
+
+
+def test_tolerance_without_optimum_is_refused():
+    with pytest.raises(ValueError, match="tol=1e-06 needs f_star"):
+        saga(_small_problem(), tol=1e-6, max_epochs=1)
+
+
+def test_fractional_batch_size_is_refused():
+    with pytest.raises(ValueError, match="batch_size must be an integer, got 2.5"):
+        saga(_small_problem(), batch_size=2.5, max_epochs=1)

@@ -427,6 +427,8 @@ def corrupt_labels(y: Tensor, fraction: float, classes: Sequence[int], *, seed: 
         The corrupted copy of y, and the bool mask (n,) of the corrupted samples.
     """
     _check_fraction("fraction", fraction)
+    if classes is None:
+        raise ValueError("classes is None: label noise needs class labels, and a regression data set (dataset.classes is None) has none.")
     values = torch.as_tensor(list(classes), device=y.device)
     if values.ndim != 1 or values.numel() < 2 or torch.unique(values).numel() != values.numel():
         raise ValueError(f"classes must list at least two distinct label values, got {list(classes)}.")

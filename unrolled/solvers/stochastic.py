@@ -88,6 +88,8 @@ class Sampler:
 
     def __init__(self, problem: FiniteSum, batch_size: int, sampling: str, seed: int) -> None:
         n = problem.n_samples
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool):
+            raise ValueError(f"batch_size must be an integer, got {batch_size!r}.")
         if not 1 <= batch_size <= n:
             raise ValueError(f"batch_size must lie in [1, n_samples = {n}], got {batch_size}.")
         if sampling not in SAMPLINGS:
@@ -138,8 +140,9 @@ def resolve_step_size(step_size: float | None, smoothness: float, default_factor
     Above :math:`2/L_b` no method here can be stable: a single sampled gradient step can already
     increase the objective. Below it, only the method's own analysis gives a guarantee (roughly
     :math:`1/(3L_b)` for SAGA and SVRG); larger steps within the range can still diverge, for
-    instance SAGA with importance sampling on the diabetes Lasso from :math:`1/L_b`, and the run
-    then stops with ``FloatingPointError``.
+    instance SAGA with importance sampling on the diabetes Lasso from :math:`1/L_b`. A run logs a
+    warning when an epoch ends above the starting objective, and stops with ``FloatingPointError``
+    once the objective or the iterate is no longer finite.
     """
     if step_size is None:
         return default_factor / smoothness
@@ -295,9 +298,12 @@ def run_epochs(
 ) -> StochasticResult:
     r"""Run ``max_epochs`` epochs of n/b mini-batch steps each, stopping early once F - f_star <= tol.
 
-    ``tol`` needs ``f_star`` (it is ignored without it). The objective is evaluated once per epoch
-    when a trace or a tolerance asks for it.
+    ``tol`` needs ``f_star``. The objective is evaluated once per epoch when a trace or a
+    tolerance asks for it; an epoch that ends above the starting objective then logs a warning
+    (a step that is too large for the data), once per run.
     """
+    if tol > 0 and f_star is None:
+        raise ValueError(f"tol={tol} needs f_star (the optimal value): the run stops once F - f_star <= tol. Pass f_star, or tol=0.")
     if max_epochs < 0:
         raise ValueError(f"max_epochs must be >= 0, got {max_epochs}.")
     if variance_draws < 0:
@@ -309,6 +315,7 @@ def run_epochs(
     variance_sampler = sampler.reseeded(variance_seed) if variance_draws else None
     watch_objective = trace or (tol > 0 and f_star is not None)
     elapsed = 0.0
+    start_objective: list[float] = []
 
     def check(epoch: int) -> bool:
         """Record the trace entry of ``epoch``; return True when the tolerance is met."""
@@ -318,6 +325,15 @@ def run_epochs(
         if not math.isfinite(objective):
             raise FloatingPointError(
                 f"{method.name} diverged by epoch {epoch}: the objective is {objective}. Lower step_size (now {method.step_size:.6g})."
+            )
+        if not start_objective:
+            start_objective.append(objective)
+        elif objective > start_objective[0] and len(start_objective) == 1:
+            start_objective.append(objective)
+            log.warning(
+                "%s: the objective after epoch %d, %.6g, is above its starting value %.6g; step_size %.6g is probably too large "
+                "for these data (the defaults are in unrolled.solvers.stochastic).",
+                method.name, epoch, objective, start_objective[0], method.step_size,
             )
         if record is not None:
             record.epoch.append(float(epoch))
