@@ -112,6 +112,13 @@ def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def resume_command(command: str, run_dir: Path) -> str:
+    """Return ``command`` with ``resume=true``, and with ``hydra.run.dir`` pointing at ``run_dir`` unless it already does."""
+    if "hydra.run.dir=" not in command:
+        command = f"{command} hydra.run.dir={run_dir}"
+    return f"{command} resume=true"
+
+
 def record_or_check_run_config(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """Save the run's config in ``run_config.json`` at its first start; on resume, raise unless it is unchanged.
 
@@ -139,7 +146,7 @@ def record_or_check_run_config(config: dict[str, Any], run_dir: Path) -> dict[st
         details = "; ".join(f"{key}: run started with {saved.get(key)!r}, got {new.get(key)!r}" for key in changed)
         raise ValueError(
             f"resume=true needs the config the run started with, but {details}. "
-            f"Repeat the original overrides: {record['command']} resume=true"
+            f"Repeat the original overrides: {resume_command(record['command'], run_dir)}"
         )
     return record
 

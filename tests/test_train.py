@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from models import list_pretrained, load_pretrained, load_run
 from models.hub import CARD_FILE, WEIGHTS_FILE, sha256_file
 from models.module import NonFiniteLossError, UnrolledModule
-from models.training import RUN_CONFIG_FILE, load_initial_weights, record_or_check_run_config, train_from_config
+from models.training import RUN_CONFIG_FILE, load_initial_weights, record_or_check_run_config, resume_command, train_from_config
 from unrolled.metrics import nmse_db, nmse_db_per_sample
 from unrolled.problems import SparseCoding, build_problem
 
@@ -475,6 +475,12 @@ def test_resume_with_other_config_rejected(compose_train, tmp_path):
 
     with pytest.raises(ValueError, match=r"trainer.max_steps: run started with \d+, got 99999"):
         _train_in_process(compose_train, tmp_path, ["logger=none", "resume=true", "trainer.max_steps=99999"])
+
+
+def test_resume_command_names_the_run_folder(tmp_path):
+    """The command suggested for a resume points at the run folder, which a command without hydra.run.dir would not find."""
+    assert resume_command("train.py model=alista", tmp_path) == f"train.py model=alista hydra.run.dir={tmp_path} resume=true"
+    assert resume_command("train.py hydra.run.dir=runs/a", tmp_path) == "train.py hydra.run.dir=runs/a resume=true"
 
 
 # Layer-wise schedule of the small run: with a min_delta of 100 dB only a stage's first check counts as an

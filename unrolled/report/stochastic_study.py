@@ -637,9 +637,9 @@ def write_study(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m unrolled.report.stochastic_study", description=__doc__.splitlines()[0])
     parser.add_argument("study", choices=(*SECTIONS, "all"), help="the study to run (all: both, one after the other)")
-    parser.add_argument("--output-dir", default="docs", help="folder of stochastic.md and its figures/ (default: docs)")
+    parser.add_argument("--output-dir", default="docs", help="folder, relative to the current directory, whose stochastic.md (its study sections) and figures/ are rewritten (default: docs)")
     parser.add_argument("--quick", action="store_true", help="breast cancer only, small budgets (about 20 s), for the tests")
     return parser
 
