@@ -53,7 +53,7 @@ class TimedTraining(pl.LightningModule):
 
 
 def with_lr_schedule(module: pl.LightningModule, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Return ``configure_optimizers``' answer: the optimizer, with a per-step cosine decay to ``lr · lr_min_ratio`` unless ``lr_schedule`` is constant."""
+    """Return the value of ``configure_optimizers``: the optimizer, with a per-step cosine decay to ``lr · lr_min_ratio`` unless ``lr_schedule`` is constant."""
     if module.hparams.lr_schedule == "constant":
         return {"optimizer": optimizer}
     total_steps = max(1, int(module.trainer.estimated_stepping_batches))

@@ -74,7 +74,7 @@ def test_run_writes_card_with_measured_figures(compose_train, tmp_path, experime
     assert card["learned"]["step_scales"] == pytest.approx(network.step_scales().tolist())
 
 
-# Expected on resume: the run folder holds checkpoints, and Lightning replays the end of the epoch without validation.
+# Expected on resume: the run folder contains checkpoints, and Lightning replays the end of the epoch without validation.
 @pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
 @pytest.mark.filterwarnings("ignore:.*could not find the monitored key in the returned metrics")
 def test_resume_matches_straight_run(compose_train, tmp_path):

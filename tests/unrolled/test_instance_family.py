@@ -42,7 +42,8 @@ def test_test_instances_come_from_the_held_out_split(family):
 
 def test_fixed_sets_hold_the_optima(family):
     instances, W, f_star = family.fixed_set("val")
-    assert instances.n_instances == 4 and instances.n_samples == 30
+    assert instances.n_instances == 4
+    assert instances.n_samples == 30
     assert instances.gradient(W).abs().max().item() < 1e-10
     torch.testing.assert_close(instances.objectives(W), f_star, rtol=1e-15, atol=0.0)
 

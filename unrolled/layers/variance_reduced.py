@@ -9,19 +9,18 @@ Layer k applies the update of the classical method, with the same functions
     W_{k+1} = \operatorname{prox}_{\gamma_k\mathrm{reg}\|\cdot\|_1}\big(V_k - \gamma_k(\hat g_k(V_k) + \mathrm{reg\_l2}\,V_k)\big),
     \qquad \gamma_k = s_k / L_b ,
 
-where :math:`\hat g_k` is the method's estimate from b uniform draws, :math:`L_b` the instance's
-mini-batch smoothness (:meth:`~unrolled.problems.finite_sum_batch.FiniteSumBatch.batch_smoothness`),
-and the learned parameters are the scales :math:`s_k \in (0, 2)` (stored as logits of :math:`s_k/2`,
-so every step stays in the range that the classical solvers accept) and, with
-``momentum=True``, :math:`\beta_k \in (0, 1)` (stored as logits). Measuring steps in units of
+where :math:`\hat g_k` is the method's estimate from b uniform draws and :math:`L_b` the instance's
+mini-batch smoothness (:meth:`~unrolled.problems.finite_sum_batch.FiniteSumBatch.batch_smoothness`).
+The learned parameters are the scales :math:`s_k \in (0, 2)`, stored as logits of :math:`s_k/2` so
+that every step stays in the range that the classical solvers accept, and, with
+``momentum=True``, the momenta :math:`\beta_k \in (0, 1)`, stored as logits. Measuring steps in units of
 :math:`1/L_b` lets one network serve instances of different smoothness. With every :math:`s_k` equal
 to the classical constant and no momentum, the network is the classical method run for K steps
 (tested against :func:`~unrolled.solvers.svrg.svrg` and :func:`~unrolled.solvers.saga.saga`).
 
-Learning step sizes for a fixed number of iterations follows the unrolling literature on
-first-order methods; for stochastic methods see for instance Shaban, Cheng, Hatch, Boots,
-"Truncated back-propagation for bilevel optimization", AISTATS 2019, and, for learned step-size
-schedules of gradient methods, Gregor and LeCun (ICML 2010) for the unrolling idea.
+Unrolling a fixed number of iterations and learning their parameters is the idea of LISTA
+(Gregor, LeCun, "Learning fast approximations of sparse coding", ICML 2010), here applied to the
+step sizes and momenta of variance-reduced methods.
 """
 
 from __future__ import annotations

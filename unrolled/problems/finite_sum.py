@@ -54,10 +54,10 @@ def reg_from_sklearn_alpha(alpha: float) -> float:
 
 
 class RegularisedLinearSum:
-    """What :class:`FiniteSum` and :class:`~unrolled.problems.finite_sum_batch.FiniteSumBatch` share.
+    """Gradient and prox shared by :class:`FiniteSum` and :class:`~unrolled.problems.finite_sum_batch.FiniteSumBatch`.
 
     Subclasses set ``loss``, ``features`` (..., n, dim), ``targets`` (..., n), ``sample_weight``
-    (..., n), ``n_samples``, ``reg_l2``, ``reg`` and ``penalty_mask`` (dim, 1); a leading instance
+    (..., n), ``n_samples``, ``reg_l2``, ``reg`` and ``penalty_mask`` (dim, 1). A leading instance
     dimension, where there is one, passes through every method.
     """
 
@@ -249,7 +249,12 @@ class FiniteSum(RegularisedLinearSum):
 
 def _check_finite_features(X: Tensor) -> None:
     """Raise ``ValueError`` naming the first non-finite entry of X."""
-    values = X.coalesce().values() if X.layout == torch.sparse_coo else (X.values() if X.layout == torch.sparse_csr else X)
+    if X.layout == torch.sparse_coo:
+        values = X.coalesce().values()
+    elif X.layout == torch.sparse_csr:
+        values = X.values()
+    else:
+        values = X
     # Block by block: a mask of the whole matrix would cost as much memory as a large X itself.
     for start in range(0, values.shape[0], ROW_BLOCK):
         bad = ~torch.isfinite(values[start : start + ROW_BLOCK])
@@ -260,7 +265,7 @@ def _check_finite_features(X: Tensor) -> None:
             else:
                 where = "in the stored values"
             raise ValueError(
-                f"X holds NaN or infinite entries ({where}). The solvers need finite features: "
+                f"X contains NaN or infinite entries ({where}). The solvers need finite features: "
                 "fill them first, for example with unrolled.problems.datasets.impute."
             )
 

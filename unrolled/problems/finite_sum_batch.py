@@ -46,7 +46,7 @@ class FiniteSumBatch(RegularisedLinearSum):
             raise ValueError(f"X must have shape (B, n, p) and y (B, n); got X {tuple(X.shape)} and y {tuple(y.shape)}.")
         check_regularisation(reg_l2, reg)
         if not bool(torch.isfinite(X).all()):
-            raise ValueError("X holds NaN or infinite entries; impute or mask them first (unrolled.problems.datasets).")
+            raise ValueError("X contains NaN or infinite entries; fill them first, for example with unrolled.problems.datasets.impute.")
         if loss == "multinomial" and n_classes is None:
             n_classes = int(y.max().item()) + 1
         self.loss: GLMLoss = make_loss(loss, n_classes)

@@ -1,6 +1,6 @@
 """A distribution of finite-sum problems: random subsets of a real data set, for training unrolled stochastic networks.
 
-Training and validation instances are subsets of the data set's training split; test instances are
+Training and validation instances are subsets of the data set's training split. Test instances are
 subsets of its held-out test split, so no test instance shares a sample with a training one.
 Validation and test instances, their optima (Newton's method to a gradient norm of 1e-13) and the
 draws the networks use on them come from their own seeds, so a stored :meth:`SubsetInstances.spec`

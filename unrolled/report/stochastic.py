@@ -1,10 +1,10 @@
 r"""Unrolled stochastic networks against their classical method: suboptimality per layer and per step, and the steps needed.
 
-The classical method is the same update with a constant step :math:`s/L_b` and no momentum (the
-network classes with every scale equal to s; SVRG takes a new snapshot every n/b steps, one
-epoch, as :func:`unrolled.solvers.svrg.svrg` does). It runs on the same held-out instances, with
-its own seeded draws, for a grid of scales s; the steps it needs to reach a suboptimality are the
-fewest over the grid, which is the classical method with its step tuned for each target.
+The classical method is the same update with a constant step :math:`s/L_b` and no momentum: the
+network classes with every scale equal to s, where SVRG takes a new snapshot every n/b steps (one
+epoch), as :func:`unrolled.solvers.svrg.svrg` does. It runs on the same held-out instances, with
+its own seeded draws, for a grid of scales s. The steps it needs to reach a suboptimality are the
+fewest over the grid, so the comparison is with the classical method tuned for each target.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ r"""Proximal SAGA: a table of the last derivative seen for every sample corrects
     \qquad \bar\alpha = \tfrac1n\textstyle\sum_i \tilde x_i\alpha_i^\top,
 
 then the proximal step, then :math:`\alpha_j \leftarrow g_j(W_t)` for the drawn samples. Because the
-gradient of a linear model's sample is :math:`\tilde x_j g_j^\top`, the table holds one derivative
+gradient of a linear model's sample is :math:`\tilde x_j g_j^\top`, the table stores one derivative
 vector of length k per sample (n × k numbers), not n gradients. The table starts at :math:`W_0`
 (one pass, counted in ``grad_evals``), and :math:`\bar\alpha` is recomputed from it at the start of
 each epoch so that rounding does not accumulate.
@@ -65,7 +65,9 @@ class _SAGA(StochasticMethod):
         self.table_mean = problem.features.T @ self.table / problem.n_samples
 
     def start_epoch(self, epoch: int) -> None:
-        self.table_mean = self.problem.features.T @ self.table / self.problem.n_samples
+        # The constructor has just computed the mean for epoch 0.
+        if epoch > 0:
+            self.table_mean = self.problem.features.T @ self.table / self.problem.n_samples
 
     def estimate(self, index: Tensor, weights: Tensor) -> Tensor:
         return saga_direction(self.problem, self.W, self.table, self.table_mean, index, weights)[0]

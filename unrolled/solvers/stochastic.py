@@ -8,10 +8,10 @@ The ℓ2 term of the objective is added exactly, and the ℓ1 term enters throug
 
 .. math:: W^+ = \operatorname{prox}_{\gamma\,\mathrm{reg}\|\cdot\|_1}\big(W - \gamma\,(\hat g + \mathrm{reg\_l2}\,W)\big).
 
-Step sizes are measured against the expected smoothness of the mini-batch estimate, for draws with
-replacement :math:`L_b = L_s/b + (1 - 1/b)\,L + \mathrm{reg\_l2}` (Gower, Loizou, Qian, Sailanbayev,
-Shulgin, Richtárik, "SGD: general analysis and improved rates", ICML 2019), where L is the
-smoothness of the full data gradient and :math:`L_s = \max_i L_i/(n p_i)` that of one draw.
+Step sizes are measured against the expected smoothness of the mini-batch estimate. For draws with
+replacement it is :math:`L_b = L_s/b + (1 - 1/b)\,L + \mathrm{reg\_l2}`, where L is the smoothness
+of the full data gradient and :math:`L_s = \max_i L_i/(n p_i)` that of one draw (Gower, Loizou, Qian,
+Sailanbayev, Shulgin, Richtárik, "SGD: general analysis and improved rates", ICML 2019).
 
 Two backends run the draws of an epoch. ``torch`` calls :meth:`StochasticMethod.step` once per
 draw, on any device. ``numba`` hands the whole epoch of draws to a compiled CPU kernel of
@@ -299,8 +299,8 @@ def run_epochs(
     r"""Run ``max_epochs`` epochs of n/b mini-batch steps each, stopping early once F - f_star <= tol.
 
     ``tol`` needs ``f_star``. The objective is evaluated once per epoch when a trace or a
-    tolerance asks for it; an epoch that ends above the starting objective then logs a warning
-    (a step that is too large for the data), once per run.
+    tolerance needs it. The first epoch that ends above the starting objective then logs a
+    warning, because the step is probably too large for the data.
     """
     if tol > 0 and f_star is None:
         raise ValueError(f"tol={tol} needs f_star (the optimal value): the run stops once F - f_star <= tol. Pass f_star, or tol=0.")
@@ -315,10 +315,12 @@ def run_epochs(
     variance_sampler = sampler.reseeded(variance_seed) if variance_draws else None
     watch_objective = trace or (tol > 0 and f_star is not None)
     elapsed = 0.0
-    start_objective: list[float] = []
+    start_objective: float | None = None
+    warned = False
 
     def check(epoch: int) -> bool:
-        """Record the trace entry of ``epoch``; return True when the tolerance is met."""
+        """Record the trace entry of ``epoch``, and return True when the tolerance is met."""
+        nonlocal start_objective, warned
         if not watch_objective:
             return False
         objective = problem.objective(method.W)
@@ -326,14 +328,14 @@ def run_epochs(
             raise FloatingPointError(
                 f"{method.name} diverged by epoch {epoch}: the objective is {objective}. Lower step_size (now {method.step_size:.6g})."
             )
-        if not start_objective:
-            start_objective.append(objective)
-        elif objective > start_objective[0] and len(start_objective) == 1:
-            start_objective.append(objective)
+        if start_objective is None:
+            start_objective = objective
+        elif objective > start_objective and not warned:
+            warned = True
             log.warning(
                 "%s: the objective after epoch %d, %.6g, is above its starting value %.6g; step_size %.6g is probably too large "
                 "for these data (the defaults are in unrolled.solvers.stochastic).",
-                method.name, epoch, objective, start_objective[0], method.step_size,
+                method.name, epoch, objective, start_objective, method.step_size,
             )
         if record is not None:
             record.epoch.append(float(epoch))
@@ -357,7 +359,7 @@ def run_epochs(
             elapsed += _synchronised_clock(problem.device) - start
             if not bool(torch.isfinite(method.W).all()):
                 raise FloatingPointError(
-                    f"{method.name} diverged in epoch {n_epochs}: the iterate holds NaN or infinite values. "
+                    f"{method.name} diverged in epoch {n_epochs}: the iterate contains NaN or infinite values. "
                     f"Lower step_size (now {method.step_size:.6g})."
                 )
             if check(n_epochs):
