@@ -44,6 +44,13 @@ class GLMLoss(abc.ABC):
         """Return :math:`\\partial^2\\psi/\\partial z^2` of shape (..., n) for losses with one margin, None otherwise."""
         return None
 
+    def hessian_product(self, margins: Tensor, targets: Tensor, direction: Tensor) -> Tensor:
+        r"""Return :math:`\nabla^2_z\psi(z_i, y_i)\,u_i` for every sample, shape (..., n, k), with u the ``direction`` (..., n, k).
+
+        Losses with one margin multiply by :meth:`second_derivative`; the multinomial loss overrides this.
+        """
+        return self.second_derivative(margins, targets)[..., None] * direction
+
 
 class SquaredLoss(GLMLoss):
     r""":math:`\psi(z, y) = \tfrac12 (z - y)^2`, least squares (with ℓ1: the Lasso)."""
@@ -128,6 +135,11 @@ class MultinomialLoss(GLMLoss):
 
     def n_outputs(self, targets: Tensor) -> int:
         return self.n_classes
+
+    def hessian_product(self, margins: Tensor, targets: Tensor, direction: Tensor) -> Tensor:
+        # (diag(p) - p pᵀ) u = p ⊙ u - p (pᵀu), without forming the k × k Hessian.
+        probabilities = torch.softmax(margins, dim=-1)
+        return probabilities * (direction - (probabilities * direction).sum(-1, keepdim=True))
 
 
 def make_loss(name: str, n_classes: int | None = None) -> GLMLoss:
