@@ -228,10 +228,14 @@ def unrolled_hypergradient(
             done = 0
             while done < tracked:
                 count = min(checkpoint_every, tracked - done)
-                z = checkpoint(_proximal_gradient_steps, problem, z, hyper_, step, count, use_reentrant=False)
+                # The reentrant form recomputes each segment as an ordinary forward pass inside the backward
+                # pass, so its saved tensors are visible to saved-tensor hooks (SavedTensorMemory counts them).
+                z = checkpoint(_proximal_gradient_steps, problem, z, hyper_, step, count, use_reentrant=True)
                 done += count
         value = problem.outer(z, hyper_)
-        (gradient,) = torch.autograd.grad(value, hyper_)
+        # backward() rather than autograd.grad: reentrant checkpointing supports only the former.
+        value.backward()
+        gradient = hyper_.grad
 
     z = z.detach()
     inner_residual = problem.inner_residual(z, hyper)

@@ -41,6 +41,8 @@ from unrolled.prox import prox_l1
 # Armijo constant of the Newton line search (the usual 1e-4), and the smallest step it tries.
 ARMIJO = 1e-4
 MIN_LINE_STEP = 1e-12
+# Predicted decrease, relative to the objective, below which float64 rounding hides the Armijo test.
+RESOLVABLE_DECREASE = 1e-13
 
 
 @dataclass(frozen=True)
@@ -200,11 +202,14 @@ def _newton(problem: BilevelProblem, hyper: Tensor, z: Tensor, support: Tensor, 
         if slope >= 0:  # CG stopped on a non-descent direction: fall back to the gradient.
             direction, slope = -gradient, -(norm**2)
         start, step = objective(z), 1.0
+        # Near the solution the predicted decrease falls below the objective's rounding error, where the
+        # Armijo test can no longer tell; the full Newton step is then the right one.
+        resolvable = -slope > RESOLVABLE_DECREASE * max(1.0, abs(start))
         while step > MIN_LINE_STEP:
             candidate = z + step * direction
             # With an ℓ1 term a step may not cross zero, or the signs (and the objective's form) would change.
             if l1 is None or bool((torch.sign(candidate) * signs >= 0).all()):
-                if objective(candidate) <= start + ARMIJO * step * slope:
+                if not resolvable or objective(candidate) <= start + ARMIJO * step * slope:
                     break
             step /= 2
         z = z + step * direction

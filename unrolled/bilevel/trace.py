@@ -18,7 +18,7 @@ from unrolled.bilevel.hypergradient import implicit_hypergradient
 from unrolled.bilevel.problems import BilevelProblem, LinearModelBilevel
 
 # Inner residual at which a traced point is scored.
-SCORE_TOL = 1e-9
+SCORE_TOL = 1e-7
 
 
 @dataclass

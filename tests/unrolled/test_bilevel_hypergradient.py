@@ -1,0 +1,182 @@
+"""Hypergradients against finite differences and closed forms; the Lasso support case; warnings; memory against depth."""
+
+from __future__ import annotations
+
+import functools
+import re
+
+import pytest
+import torch
+
+from unrolled.bilevel.hypergradient import ApproximateHypergradientWarning, implicit_hypergradient, unrolled_hypergradient
+from unrolled.bilevel.memory import SavedTensorMemory
+from unrolled.bilevel.problems import LassoSelection
+from unrolled.bilevel.tasks import hyper_cleaning, regularisation_selection
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
+
+def finite_differences(problem, hyper, coordinates, *, eps=1e-5, tol=1e-13):
+    """Central differences of h ↦ F(z*(h), h) along the given coordinates, with tight warm-started inner solves."""
+    base = problem.solve_inner(hyper, tol=tol).z
+    values = []
+    for j in coordinates:
+        e = torch.zeros_like(hyper)
+        e[j] = eps
+        plus = problem.outer(problem.solve_inner(hyper + e, base, tol=tol).z, hyper + e)
+        minus = problem.outer(problem.solve_inner(hyper - e, base, tol=tol).z, hyper - e)
+        values.append(float(plus - minus) / (2 * eps))
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def relative_error(estimate: torch.Tensor, reference: torch.Tensor) -> float:
+    return float(torch.linalg.vector_norm(estimate - reference) / torch.linalg.vector_norm(reference))
+
+
+@functools.lru_cache(maxsize=None)
+def _per_feature():
+    problem = regularisation_selection("breast_cancer")
+    hyper = torch.linspace(-3, 0, problem.n_hyper, dtype=torch.float64)
+    return problem, hyper, finite_differences(problem, hyper, range(problem.n_hyper))
+
+
+@pytest.mark.parametrize("solver", ("cg", "neumann", "direct"))
+def test_implicit_hypergradient_matches_finite_differences(solver):
+    problem, hyper, reference = _per_feature()
+    result = implicit_hypergradient(problem, hyper, solver=solver, tol=1e-11, max_iter=100_000, inner_tol=1e-12)
+    assert not result.approximate and result.method == f"implicit-{solver}"
+    assert relative_error(result.gradient, reference) < 1e-4
+
+
+def test_reverse_mode_matches_finite_differences_and_checkpointing_changes_nothing():
+    problem, hyper, reference = _per_feature()
+    full = unrolled_hypergradient(problem, hyper, max_iter=3000)
+    assert full.method == "unrolled" and not full.approximate
+    assert relative_error(full.gradient, reference) < 1e-4
+    checkpointed = unrolled_hypergradient(problem, hyper, max_iter=3000, checkpoint_every=100)
+    assert checkpointed.method == "unrolled-checkpointed"
+    torch.testing.assert_close(checkpointed.gradient, full.gradient, rtol=1e-12, atol=0)
+    truncated = unrolled_hypergradient(problem, hyper, max_iter=3000, truncate=20)
+    assert truncated.method == "truncated" and truncated.approximate
+    # Truncation at 20 of 3,000 steps drops most of the gradient's history: biased, visibly.
+    assert relative_error(truncated.gradient, reference) > 1e-2
+
+
+def test_hyper_cleaning_hypergradient_matches_finite_differences():
+    problem = hyper_cleaning("digits", 0.5, reg_l2=0.03).problem
+    hyper = 0.5 * torch.randn(problem.n_hyper, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    coordinates = list(range(0, problem.n_hyper, problem.n_hyper // 6))
+    reference = finite_differences(problem, hyper, coordinates, eps=1e-6, tol=1e-12)
+    result = implicit_hypergradient(problem, hyper, tol=1e-12, inner_tol=1e-11)
+    assert relative_error(result.gradient[coordinates], reference) < 1e-4
+
+
+def test_implicit_error_falls_as_the_inner_residual_falls():
+    problem, hyper, reference = _per_feature()
+    errors, residuals = [], []
+    for max_iter in (10, 100, 1000, 10_000):
+        z = unrolled_hypergradient(problem, hyper, max_iter=max_iter, truncate=1).z
+        with pytest.warns(ApproximateHypergradientWarning) if max_iter < 10_000 else _no_warning():
+            result = implicit_hypergradient(problem, hyper, z, inner_tol=1e-9)
+        residuals.append(result.inner_residual)
+        errors.append(relative_error(result.gradient, reference))
+    assert residuals == sorted(residuals, reverse=True)
+    assert errors == sorted(errors, reverse=True)
+    assert errors[0] > 1e-2 and errors[-1] < 1e-5
+
+
+class _no_warning:
+    def __enter__(self):
+        import warnings
+
+        self._context = warnings.catch_warnings()
+        self._context.__enter__()
+        warnings.simplefilter("error", ApproximateHypergradientWarning)
+
+    def __exit__(self, *exc):
+        self._context.__exit__(*exc)
+
+
+@functools.lru_cache(maxsize=None)
+def _sparse_lasso():
+    """The user case: n = 100 samples, p = 1000 features, a 4-sparse solution."""
+    generator = torch.Generator().manual_seed(0)
+    n, p = 100, 1000
+    X = torch.randn(n, p, generator=generator, dtype=torch.float64)
+    beta = torch.zeros(p, dtype=torch.float64)
+    beta[:4] = torch.tensor([3.0, -2.0, 1.5, 2.5], dtype=torch.float64)
+    y = X @ beta + 0.1 * torch.randn(n, generator=generator, dtype=torch.float64)
+    X_val = torch.randn(50, p, generator=generator, dtype=torch.float64)
+    problem = LassoSelection(X, y, X_val, X_val @ beta)
+    hyper = torch.tensor([0.3 * problem.reg_max()], dtype=torch.float64)
+    return problem, hyper
+
+
+def test_lasso_hypergradient_on_the_support_matches_the_closed_form_finite_differences_and_unrolled_ista():
+    problem, hyper = _sparse_lasso()
+    solution = problem.solve_inner(hyper, tol=1e-12)
+    support = solution.z[:, 0] != 0
+    assert int(support.sum()) == 4
+    result = implicit_hypergradient(problem, hyper, solution.z, inner_tol=1e-11)
+    # Closed form in the ½ scaling, A = X/√n: dβ_S/dλ = −(A_SᵀA_S)⁻¹ sign(β_S), and 0 off S.
+    A_S = problem.X[:, support] / problem.n_samples**0.5
+    jacobian = -torch.linalg.solve(A_S.T @ A_S, torch.sign(solution.z[support, 0]))
+    closed_form = float(problem.outer_gradients(solution.z, hyper)[0][support, 0] @ jacobian)
+    assert float(result.gradient[0]) == pytest.approx(closed_form, rel=1e-8)
+    assert float(result.gradient[0]) == pytest.approx(float(finite_differences(problem, hyper, [0], eps=1e-6)[0]), rel=1e-3)
+    unrolled = unrolled_hypergradient(problem, hyper, max_iter=1000)
+    assert float(result.gradient[0]) == pytest.approx(float(unrolled.gradient[0]), rel=1e-3)
+
+
+def test_lasso_system_over_all_coordinates_is_singular_and_warns():
+    problem, hyper = _sparse_lasso()
+    solution = problem.solve_inner(hyper, tol=1e-12)
+    correct = implicit_hypergradient(problem, hyper, solution.z, inner_tol=1e-11).gradient
+    with pytest.warns(UserWarning, match="restrict_to_support=False"), pytest.warns(ApproximateHypergradientWarning, match="linear system"):
+        wrong = implicit_hypergradient(problem, hyper, solution.z, solver="direct", restrict_to_support=False, inner_tol=1e-11).gradient
+    # XᵀX/n has rank 100 for 1,000 unknowns: the solve returns values many orders of magnitude off.
+    assert abs(float(wrong[0])) > 1e6 * abs(float(correct[0]))
+
+
+def test_unconverged_inner_point_and_linear_system_warn_with_their_residuals():
+    problem, hyper, _ = _per_feature()
+    with pytest.warns(ApproximateHypergradientWarning, match=r"inner problem stopped at residual [0-9.e+-]+, above its tolerance 1e-09"):
+        result = implicit_hypergradient(problem, hyper, problem.initial_inner(), inner_tol=1e-9)
+    assert result.approximate and result.inner_residual > 1e-9
+    with pytest.warns(ApproximateHypergradientWarning, match="linear system stopped"):
+        result = implicit_hypergradient(problem, hyper, max_iter=2, inner_tol=1e-9)
+    assert result.approximate and result.linear_residual > 1e-10 and result.n_products == 2
+    with pytest.warns(ApproximateHypergradientWarning, match="inner iterations stopped"):
+        assert unrolled_hypergradient(problem, hyper, max_iter=5, inner_tol=1e-9).approximate
+
+
+def test_bad_arguments_are_refused():
+    problem, hyper, _ = _per_feature()
+    with pytest.raises(ValueError, match=re.escape("solver must be one of cg, neumann, direct, got 'lu'")):
+        implicit_hypergradient(problem, hyper, solver="lu")
+    with pytest.raises(ValueError, match=r"truncate must lie in 1..max_iter \(10\), got 11"):
+        unrolled_hypergradient(problem, hyper, max_iter=10, truncate=11)
+    with pytest.raises(ValueError, match="max_iter must be >= 1"):
+        unrolled_hypergradient(problem, hyper, max_iter=0)
+    with pytest.raises(ValueError, match="checkpoint_every must be >= 1"):
+        unrolled_hypergradient(problem, hyper, max_iter=10, checkpoint_every=0)
+
+
+def test_reverse_mode_memory_grows_with_depth_and_implicit_memory_does_not():
+    problem, hyper, _ = _per_feature()
+
+    def peak(function) -> int:
+        with SavedTensorMemory() as meter:
+            function()
+        assert meter.current_bytes == 0  # every saved tensor was released with its graph
+        return meter.peak_bytes
+
+    reverse = {K: peak(lambda K=K: unrolled_hypergradient(problem, hyper, max_iter=K)) for K in (50, 100, 200)}
+    # Affine in K: the data saved once plus the same amount per step, so 100 more steps cost twice 50 more.
+    assert reverse[200] - reverse[100] == pytest.approx(2 * (reverse[100] - reverse[50]), rel=0.01)
+    assert reverse[100] - reverse[50] > 0.5 * reverse[50]
+    checkpointed = peak(lambda: unrolled_hypergradient(problem, hyper, max_iter=200, checkpoint_every=10))
+    assert checkpointed < reverse[200] / 5
+    solution = problem.solve_inner(hyper, tol=1e-12)
+    implicit = peak(lambda: implicit_hypergradient(problem, hyper, solution.z))
+    assert implicit < reverse[50] / 10
