@@ -34,7 +34,6 @@ above its tolerance raises a warning that names it, and the result is flagged ``
 
 from __future__ import annotations
 
-import logging
 import warnings
 from dataclasses import dataclass
 
@@ -46,7 +45,6 @@ from unrolled.bilevel.linear_systems import LinearSolve, conjugate_gradient, neu
 from unrolled.bilevel.problems import BilevelProblem
 from unrolled.prox import prox_l1
 
-log = logging.getLogger(__name__)
 
 LINEAR_SOLVERS = ("cg", "neumann", "direct")
 # The dense solver builds H column by column; above this many unknowns, use an iterative solver.
@@ -137,11 +135,13 @@ def implicit_hypergradient(
                 stacklevel=2,
             )
 
+    hessian = problem.inner_hvp_operator(z, hyper)
+
     def matvec(v: Tensor) -> Tensor:
         if support is None:
-            return problem.inner_hvp(z, hyper, v)
+            return hessian(v)
         # Identity off the support, where the right-hand side is 0, so that v stays 0 there and H stays invertible.
-        return problem.inner_hvp(z, hyper, v * support) * support + v * (1 - support)
+        return hessian(v * support) * support + v * (1 - support)
 
     grad_z, grad_h = problem.outer_gradients(z, hyper)
     rhs = grad_z if support is None else grad_z * support

@@ -15,8 +15,9 @@ The updates are :math:`z \leftarrow z - \rho D_z`, :math:`v \leftarrow v - \rho 
 
 - **SOBA** estimates each direction from a mini-batch of training samples (for G) and one of
   validation samples (for F). The noise does not vanish at the solution, so convergence needs
-  decreasing steps :math:`\rho_t = \rho_0 (t+1)^{-2/5}`, :math:`\gamma_t = \gamma_0 (t+1)^{-3/5}`;
-  with fixed steps h stalls at a noise floor.
+  decreasing steps :math:`\rho_t = \rho_0 (1 + t/T)^{-2/5}`, :math:`\gamma_t = \gamma_0 (1 + t/T)^{-3/5}`
+  (the rates of its analysis; the scale T, ``decay_scale``, keeps the first T steps near
+  :math:`\rho_0, \gamma_0`); with fixed steps h stalls at a noise floor.
 - **SABA** replaces each estimate by SAGA's (Defazio et al., 2014): a table keeps the last value of
   every sample's gradient, Hessian-vector product and cross derivative, and the estimate is the
   batch's change plus the table mean. Its variance vanishes at the solution, so fixed steps converge
@@ -34,7 +35,7 @@ must be smooth: an ℓ1 inner term is refused.
 
 from __future__ import annotations
 
-import logging
+import functools
 
 import torch
 from torch import Tensor
@@ -42,7 +43,6 @@ from torch import Tensor
 from unrolled.bilevel.problems import LinearModelBilevel
 from unrolled.bilevel.trace import BilevelResult, Recorder
 
-log = logging.getLogger(__name__)
 
 # Default inner step relative to 1/L, the inverse Lipschitz constant of the full inner gradient.
 DEFAULT_INNER_STEP_SCALE = 0.5
@@ -56,6 +56,7 @@ def soba(
     inner_step: float | None = None,
     outer_step: float = 1.0,
     decreasing: bool = True,
+    decay_scale: float = 100.0,
     hyper0: Tensor | None = None,
     seed: int = 0,
     eval_every: int | None = None,
@@ -69,13 +70,16 @@ def soba(
         batch_size: training and validation samples per estimate.
         inner_step: ρ (ρ₀ with ``decreasing``) of z and v; ``0.5 / L`` at the initial h when None.
         outer_step: γ (γ₀ with ``decreasing``) of h.
-        decreasing: use ρ₀ (t+1)^(-2/5) and γ₀ (t+1)^(-3/5); False keeps both fixed.
+        decreasing: use ρ₀ (1 + t/T)^(-2/5) and γ₀ (1 + t/T)^(-3/5); False keeps both fixed.
+        decay_scale: T, the iterations over which the steps stay near their initial values.
         hyper0: starting h; ``problem.initial_hyper()`` when None.
         seed: seed of the batches.
         eval_every: score h every this many iterations (and at the start and end); n_iter // 20 when None.
         hypergradient_norm: also record ‖dF/dh‖ at each scored point.
     """
-    schedule = _decreasing if decreasing else _fixed
+    if not decay_scale > 0:
+        raise ValueError(f"decay_scale must be > 0, got {decay_scale}.")
+    schedule = functools.partial(_decreasing, decay_scale=decay_scale) if decreasing else _fixed
     method = "soba" if decreasing else "soba-fixed"
     return _joint_run(problem, _MinibatchDirections(problem), method, schedule, **_shared(locals()))
 
@@ -301,9 +305,10 @@ def _fixed(inner_step: float, outer_step: float, t: int) -> tuple[float, float]:
     return inner_step, outer_step
 
 
-def _decreasing(inner_step: float, outer_step: float, t: int) -> tuple[float, float]:
-    # The rates of SOBA's analysis (Dagréou et al., 2022, Theorem 1).
-    return inner_step * t ** (-0.4), outer_step * t ** (-0.6)
+def _decreasing(inner_step: float, outer_step: float, t: int, decay_scale: float) -> tuple[float, float]:
+    # The rates of SOBA's analysis (Dagréou et al., 2022, Theorem 1), t^(-2/5) and t^(-3/5) for t >> T.
+    ratio = 1.0 + t / decay_scale
+    return inner_step * ratio ** (-0.4), outer_step * ratio ** (-0.6)
 
 
 def _shared(arguments: dict) -> dict:

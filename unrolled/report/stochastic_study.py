@@ -39,9 +39,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import logging
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -55,7 +53,7 @@ from matplotlib.lines import Line2D
 from torch import Tensor
 
 from unrolled.files import write_atomic
-from unrolled.machine import describe_machine
+from unrolled.report.pages import figure_png, study_header, update_marked_sections
 from unrolled.problems.datasets import Dataset, corrupt_labels, impute, load_dataset, mask_features
 from unrolled.problems.finite_sum import FiniteSum
 from unrolled.solvers.saga import saga
@@ -572,44 +570,8 @@ PAGE_SKELETON = """# Stochastic and variance-reduced solvers: measured studies
 
 
 def update_page(path: str | Path, sections: dict[str, str]) -> None:
-    """Replace the text between the begin and end markers of each named section of the page, and write it atomically.
-
-    A missing page starts from :data:`PAGE_SKELETON`. Text outside the markers is kept, so
-    hand-written analysis survives a rerun. Raises ``ValueError`` when the page lacks a section's markers.
-    """
-    path = Path(path)
-    text = path.read_text() if path.exists() else PAGE_SKELETON
-    for name, body in sections.items():
-        begin, end = f"<!-- stochastic_study:{name}:begin -->", f"<!-- stochastic_study:{name}:end -->"
-        pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), flags=re.DOTALL)
-        if not pattern.search(text):
-            raise ValueError(f"{path} has no {begin} ... {end} markers. Add them where the {name} study belongs.")
-        # A function as replacement, so backslashes in the body are not read as group references.
-        text = pattern.sub(lambda _: f"{begin}\n{body}\n{end}", text, count=1)
-    write_atomic(path, text.encode())
-
-
-def render_png(figure: Figure) -> bytes:
-    """Return ``figure`` as compressed PNG bytes at 80 dpi.
-
-    At that resolution the full studies' figures (two rows of 9 × 3.3 inches) took 136 KB and 133 KB,
-    under the 150 KB that the docs allow per figure.
-    """
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=80, pil_kwargs={"optimize": True})
-    return buffer.getvalue()
-
-
-def run_header(title: str, command: str, elapsed_s: float, quick: bool) -> str:
-    """Return the section heading and the line that states the command, its run time and the machine."""
-    machine = describe_machine()
-    # The solvers run on the CPU either way, so a GPU is only reported.
-    gpu = f"{torch.cuda.get_device_name(0)} present but unused" if torch.cuda.is_available() else "no GPU"
-    note = " Quick mode: small budgets for the tests, not the study's figures." if quick else ""
-    return (
-        f"## {title}\n\nMeasured with `{command}` in {elapsed_s:.0f} s on {machine['cpu']} "
-        f"(nproc {machine['cpu_count']}), {gpu}, torch {machine['torch']}, torch threads {machine['torch_threads']}.{note}"
-    )
+    """Rewrite the named study sections of the stochastic page (see :func:`~unrolled.report.pages.update_marked_sections`)."""
+    update_marked_sections(path, sections, tag="stochastic_study", skeleton=PAGE_SKELETON)
 
 
 def write_study(
@@ -629,8 +591,8 @@ def write_study(
         title = "Missing features and label noise"
     else:
         raise ValueError(f"unknown study {study!r}: expected one of {', '.join(SECTIONS)}.")
-    section = render(results, run_header(title, command, time.perf_counter() - start, quick))
-    write_atomic(output_dir / figure_file, render_png(figure))
+    section = render(results, study_header(title, command, time.perf_counter() - start, quick))
+    write_atomic(output_dir / figure_file, figure_png(figure))
     update_page(output_dir / PAGE_FILE, {study: section})
     log.info("%s study written to %s and %s", study, output_dir / PAGE_FILE, output_dir / figure_file)
     return results, section
