@@ -178,7 +178,7 @@ class SparseCodingLasso(BilevelProblem):
         return self._lipschitz
 
     def reg_max(self) -> float:
-        """Return :math:`\max_b\|A^\top y_b\|_\infty`, the smallest weight whose solutions are all 0."""
+        r"""Return :math:`\max_b\|A^\top y_b\|_\infty`, the smallest weight whose solutions are all 0."""
         return float((self.y @ self.A).abs().max())
 
     def check_hyper(self, hyper: Tensor) -> None:
