@@ -1,7 +1,7 @@
-r"""Iterative solvers of the linear system :math:`Hv = b` of implicit differentiation, H symmetric positive definite.
+r"""Iterative solvers for the linear system :math:`Hv = b` of implicit differentiation, with H symmetric positive definite.
 
-Both solvers see H only through products ``matvec(v)`` (Hessian-vector products), never as a matrix,
-and work on tensors of any shape with the Euclidean inner product of their entries.
+Both solvers access H only through products ``matvec(v)`` (Hessian-vector products), never as a matrix.
+They work on tensors of any shape, with the Euclidean inner product of their entries.
 """
 
 from __future__ import annotations
@@ -15,7 +15,12 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class LinearSolve:
-    """A solution of :math:`Hv = b` with its relative residual :math:`\\|Hv - b\\| / \\|b\\|` and the products spent."""
+    r"""Approximate solution of :math:`Hv = b`, with its relative residual :math:`\|Hv - b\| / \|b\|`.
+
+    ``n_iter`` is the number of iterations, each one Hessian-vector product. A conjugate-gradient warm
+    start ``x0`` costs one more product, which ``n_iter`` does not count. ``converged`` is True when the
+    residual reached the tolerance.
+    """
 
     solution: Tensor
     residual: float
@@ -36,11 +41,13 @@ def conjugate_gradient(
     max_iter: int = 1000,
     x0: Tensor | None = None,
 ) -> LinearSolve:
-    r"""Conjugate gradient (Hestenes & Stiefel, 1952) for :math:`Hv = b`, stopped at :math:`\|Hv - b\| \le \mathrm{tol}\,\|b\|`.
+    r"""Solve :math:`Hv = b` by conjugate gradient (Hestenes & Stiefel, 1952).
 
-    Converges in at most dim(b) steps in exact arithmetic, and in
-    :math:`O(\sqrt{\kappa}\log(1/\mathrm{tol}))` steps for condition number κ. A warm start ``x0``
-    (the previous outer step's solution) saves most of them in bilevel loops.
+    Iteration stops at :math:`\|Hv - b\| \le \mathrm{tol}\,\|b\|`, after ``max_iter`` iterations, or
+    when H is not positive definite along a search direction. The method converges in at most dim(b)
+    steps in exact arithmetic, and in :math:`O(\sqrt{\kappa}\log(1/\mathrm{tol}))` steps for condition
+    number κ. In bilevel loops, a warm start ``x0`` at the previous outer step's solution can save most
+    of these steps.
     """
     norm_b = float(torch.linalg.vector_norm(b))
     x = torch.zeros_like(b) if x0 is None else x0.clone()
@@ -53,7 +60,7 @@ def conjugate_gradient(
     while rr**0.5 > tol * norm_b and n_iter < max_iter:
         Hp = matvec(p)
         curvature = _dot(p, Hp)
-        if curvature <= 0:  # H is not positive definite along p: stop with what we have.
+        if curvature <= 0:  # H is not positive definite along p, so return the current iterate.
             break
         alpha = rr / curvature
         x.add_(p, alpha=alpha)
@@ -75,23 +82,30 @@ def neumann_series(
     tol: float = 1e-10,
     max_iter: int = 1000,
 ) -> LinearSolve:
-    r"""Truncated Neumann series :math:`v = \eta\sum_{q=0}^{Q}(I - \eta H)^q b` for :math:`H^{-1}b`.
+    r"""Approximate :math:`H^{-1}b` by the truncated Neumann series :math:`v = \eta\sum_{q=0}^{Q}(I - \eta H)^q b`.
 
-    Equivalent to Q + 1 gradient-descent steps on :math:`\tfrac12 v^\top Hv - b^\top v` from 0 with step
-    η, so it converges for :math:`0 < \eta < 2/\lambda_{\max}(H)` at the rate
-    :math:`1 - \eta\lambda_{\min}(H)`, slower than conjugate gradient but with no inner products, which
-    is why stochastic solvers (stocBiO) use it. The residual is tracked by the same recursion:
-    :math:`r_Q = (I - \eta H)^{Q+1} b` is the term the next step would add, times :math:`1/\eta`.
+    The series equals Q + 1 gradient-descent steps with step η on :math:`\tfrac12 v^\top Hv - b^\top v`,
+    started from 0. It therefore converges for :math:`0 < \eta < 2/\lambda_{\max}(H)`, at the rate
+    :math:`1 - \eta\lambda_{\min}(H)`. That is slower than conjugate gradient, but the series needs no
+    inner products, which is why stochastic solvers (stocBiO) use it.
+
+    The same recursion tracks the residual. :math:`r_Q = (I - \eta H)^{Q+1} b` is the term that the
+    next step would add to v, times :math:`1/\eta`.
     """
     if not step_size > 0:
-        raise ValueError(f"step_size must be > 0 (at most 1/L for convergence), got {step_size}.")
+        raise ValueError(
+            f"step_size must be > 0, got {step_size}. Use at most 1/L, where L is the largest eigenvalue of H, "
+            "so that the series converges."
+        )
     norm_b = float(torch.linalg.vector_norm(b))
     if norm_b == 0.0:
         return LinearSolve(torch.zeros_like(b), 0.0, 0, True)
     term = b.clone()
     total = b.clone()
     n_iter = 0
-    # Residual b - Hv equals (I - ηH)^{Q+1} b, the current term after its update.
+    # Residual b - Hv equals (I - ηH)^{Q+1} b, which is the current term after its update.
+    # NOTE: when max_iter ends the loop, the returned v already includes the last term, so the reported
+    # residual is that of the previous iterate.
     residual = 1.0
     while n_iter < max_iter:
         term = term - step_size * matvec(term)

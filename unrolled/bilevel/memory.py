@@ -1,15 +1,15 @@
-"""Peak memory that autograd holds for a backward pass, measured on any device.
+"""Measurement of the peak memory that autograd keeps for a backward pass, on any device.
 
-Reverse-mode hypergradients keep, for every inner step, the tensors that step saves for its backward
-pass; implicit differentiation keeps those of one gradient evaluation at a time. The difference is
-the memory argument for implicit differentiation, and :class:`SavedTensorMemory` measures it
-exactly: every tensor that autograd saves passes through a pack hook
-(``torch.autograd.graph.saved_tensors_hooks``), and is released when the graph that holds it is
-freed. Storages are counted once, however many saved tensors view them.
+Reverse-mode hypergradients keep, for every inner step, the tensors that the step saves for its
+backward pass. Implicit differentiation keeps those of one gradient evaluation at a time. This
+difference is the memory argument for implicit differentiation, and :class:`SavedTensorMemory`
+measures it exactly. Every tensor that autograd saves passes through a pack hook
+(``torch.autograd.graph.saved_tensors_hooks``) and is released when the graph that contains it is
+freed. Each storage is counted once, however many saved tensors view it.
 
-The count covers saved tensors only, not parameters, inputs or outputs the caller holds, and not the
-allocator's cache: on a GPU, ``torch.cuda.max_memory_allocated`` gives the device's own peak, which
-the bilevel study reports beside this one when CUDA is available.
+The count covers saved tensors only. It excludes parameters, inputs and outputs that the caller
+keeps, and the allocator's cache. On a GPU, ``torch.cuda.max_memory_allocated`` gives the device's
+own peak. NOTE: the bilevel study reports only this saved-tensor count, not the CUDA peak.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import torch
 from torch import Tensor
 
 
-class _Held:
-    """A saved tensor, registered with the meter while the graph keeps it."""
+class _PackedTensor:
+    """Saved tensor that stays registered with the meter until the graph drops it."""
 
     __slots__ = ("tensor", "key", "meter")
 
@@ -33,7 +33,11 @@ class _Held:
 
 
 class SavedTensorMemory:
-    """Context manager: ``peak_bytes`` is the largest total size of the storages held by saved tensors inside it.
+    """Context manager that measures the memory of the tensors that autograd saves inside it.
+
+    ``peak_bytes`` is the maximum total size, in bytes, of the storages that saved tensors
+    referenced at any time inside the block. ``current_bytes`` is the size they reference now, and
+    it returns to 0 once every graph built inside the block is freed.
 
     Example::
 
@@ -55,12 +59,12 @@ class SavedTensorMemory:
     def __exit__(self, *exc) -> None:
         self._hooks.__exit__(*exc)
 
-    def _pack(self, tensor: Tensor) -> _Held:
-        return _Held(tensor, self)
+    def _pack(self, tensor: Tensor) -> _PackedTensor:
+        return _PackedTensor(tensor, self)
 
     @staticmethod
-    def _unpack(held: _Held) -> Tensor:
-        return held.tensor
+    def _unpack(packed: _PackedTensor) -> Tensor:
+        return packed.tensor
 
     def _acquire(self, tensor: Tensor) -> tuple:
         storage = tensor.untyped_storage()

@@ -1,7 +1,7 @@
 r"""An unrolled network's parameters as hyperparameters of a bilevel problem, beside the Lasso weight chosen the classical way.
 
 **Network parameters.** ALISTA's per-layer steps :math:`\gamma_k` and thresholds :math:`\theta_k` are
-the hyperparameters h of an inner solver, the K layers themselves; the outer loss is the recovery
+the hyperparameters h of an inner solver, the K layers themselves. The outer loss is the recovery
 error :math:`\sum\|x_K(h; y) - x\|^2 / \sum\|x\|^2` over samples (y, x) of the problem. The
 hypergradient by reverse mode through all K layers is exactly end-to-end training
 (:func:`network_hypergradient` with ``truncate=None``). Truncated back-propagation (last T layers)
@@ -61,9 +61,9 @@ def network_hypergradient(network: UnrolledISTA, y: Tensor, x: Tensor, *, trunca
     if checkpoint_every is None:
         state = _layers(network, K - tracked, K, state, y)
     else:
-        # The reentrant form recomputes each segment inside the backward pass as an ordinary forward pass, whose
-        # saved tensors SavedTensorMemory sees. It needs an input that requires grad for the gradient to flow, and
-        # accumulates the parameters' gradients itself (it supports backward(), which is what is called below).
+        # The reentrant form recomputes each segment inside the backward pass as an ordinary forward pass, so
+        # SavedTensorMemory counts its saved tensors. It needs an input that requires grad for the gradient to
+        # flow, and it accumulates the parameters' gradients itself through backward(), which is called below.
         state = state.detach().requires_grad_(True)
         start = K - tracked
         while start < K:

@@ -9,9 +9,9 @@ problem. The hypergradient :math:`\mathrm dF(z^*(h), h)/\mathrm dh` is what
 :mod:`unrolled.bilevel.hypergradient` computes, by differentiating through inner iterations or
 implicitly.
 
-:class:`BilevelProblem` asks a problem for ``inner_smooth`` (G), ``outer`` (F), ``inner_lipschitz``
-and, for ℓ1 problems, ``inner_l1``; gradients, Hessian-vector products and cross derivatives then come
-from autograd. :class:`LinearModelBilevel` writes them in closed form for linear models (the inner
+:class:`BilevelProblem` needs ``inner_smooth`` (G), ``outer`` (F), ``inner_lipschitz`` and, for ℓ1
+problems, ``inner_l1``. Gradients, Hessian-vector products and cross derivatives then come from
+autograd. :class:`LinearModelBilevel` writes them in closed form for linear models (the inner
 problem is a weighted finite sum of :mod:`~unrolled.problems.glm_losses` losses), and adds the
 per-sample oracles that the stochastic solvers of :mod:`unrolled.bilevel.stochastic` sample.
 
@@ -159,9 +159,9 @@ class BilevelProblem(abc.ABC):
 
         A smooth inner problem is solved by Newton's method with conjugate-gradient steps and an
         Armijo line search (``max_iter`` Newton steps). With an ℓ1 term, FISTA (``100 · max_iter``
-        iterations at most) finds the support and signs, then Newton steps on that support with
-        the signs fixed reach the residual that FISTA alone would reach only slowly on a problem
-        that is not strongly convex.
+        iterations at most) finds the support and signs. Newton steps on that support, with the
+        signs fixed, then reach the residual quickly, because FISTA alone converges slowly on a
+        problem that is not strongly convex.
         """
         self.check_hyper(hyper)
         z = self.initial_inner() if z0 is None else z0.detach().clone()
@@ -208,8 +208,8 @@ def _newton(problem: BilevelProblem, hyper: Tensor, z: Tensor, support: Tensor, 
         if slope >= 0:  # CG stopped on a non-descent direction: fall back to the gradient.
             direction, slope = -gradient, -(norm**2)
         start, step = objective(z), 1.0
-        # Near the solution the predicted decrease falls below the objective's rounding error, where the
-        # Armijo test can no longer tell; the full Newton step is then the right one.
+        # Near the solution the predicted decrease falls below the objective's rounding error, so the
+        # Armijo test cannot decide. The full Newton step is then the right one.
         resolvable = -slope > RESOLVABLE_DECREASE * max(1.0, abs(start))
         while step > MIN_LINE_STEP:
             candidate = z + step * direction
@@ -279,6 +279,7 @@ class LinearModelBilevel(BilevelProblem):
         fit_intercept: add an unpenalised intercept.
         n_classes: classes of the multinomial loss.
         dtype: computation dtype (float64 by default: hypergradients are compared with finite differences).
+        device: where the data, iterates and hyperparameters live (``cuda`` runs the mini-batches on a GPU).
     """
 
     def __init__(
@@ -294,36 +295,39 @@ class LinearModelBilevel(BilevelProblem):
         fit_intercept: bool = False,
         n_classes: int | None = None,
         dtype: torch.dtype = torch.float64,
+        device: torch.device | str = "cpu",
     ) -> None:
         if loss == "multinomial" and n_classes is None:
             n_classes = int(max(y_train.max(), y_val.max())) + 1
         self.loss: GLMLoss = make_loss(loss, n_classes)
         self.dtype = dtype
+        self.device = torch.device(device)
         self.fit_intercept = fit_intercept
         self.splits: dict[str, tuple[Tensor, Tensor]] = {}
         for split, X, y in (("train", X_train, y_train), ("val", X_val, y_val), ("test", X_test, y_test)):
             if X is None:
                 continue
-            X = torch.as_tensor(X).to(dtype)
-            y = torch.as_tensor(y).to(dtype)
+            X = torch.as_tensor(X).to(dtype=dtype, device=self.device)
+            y = torch.as_tensor(y).to(dtype=dtype, device=self.device)
             if X.ndim != 2 or y.shape != (X.shape[0],):
                 raise ValueError(f"{split} features must be (n, p) and targets (n,), got {tuple(X.shape)} and {tuple(y.shape)}.")
             if not bool(torch.isfinite(X).all()):
                 raise ValueError(f"the {split} features contain NaN or infinite entries; impute them first (unrolled.problems.datasets.impute).")
             self.loss.check_targets(y)
             if fit_intercept:
-                X = torch.cat([X, torch.ones(X.shape[0], 1, dtype=dtype)], dim=1)
+                X = torch.cat([X, X.new_ones(X.shape[0], 1)], dim=1)
             self.splits[split] = (X, y)
         if self.splits["val"][0].shape[1] != self.splits["train"][0].shape[1]:
             raise ValueError(
-                f"training and validation features differ in width: {self.splits['train'][0].shape[1]} and {self.splits['val'][0].shape[1]}."
+                f"training and validation features must have the same width, got {self.splits['train'][0].shape[1]} "
+                f"and {self.splits['val'][0].shape[1]} columns."
             )
         self.X, self.y = self.splits["train"]
         self.X_val, self.y_val = self.splits["val"]
         self.n_samples, self.dim = self.X.shape
         self.n_val = self.X_val.shape[0]
         self.n_outputs = self.loss.n_outputs(self.y)
-        self.penalty_mask = torch.ones(self.dim, 1, dtype=dtype)
+        self.penalty_mask = torch.ones(self.dim, 1, dtype=dtype, device=self.device)
         if fit_intercept:
             self.penalty_mask[-1] = 0.0
         self._data_curvature = self.loss.curvature * float(torch.linalg.matrix_norm(self.X, ord=2)) ** 2 / self.n_samples
@@ -348,7 +352,7 @@ class LinearModelBilevel(BilevelProblem):
     # Full-batch derivatives in closed form.
 
     def initial_inner(self) -> Tensor:
-        return torch.zeros(self.dim, self.n_outputs, dtype=self.dtype)
+        return torch.zeros(self.dim, self.n_outputs, dtype=self.dtype, device=self.device)
 
     def _weighted(self, values: Tensor, weights: Tensor | None) -> Tensor:
         return values if weights is None else weights.reshape(-1, *([1] * (values.ndim - 1))) * values
@@ -469,10 +473,10 @@ class RegularisationSelection(LinearModelBilevel):
     r"""Learn ℓ2 weights :math:`\rho = e^h` of a linear model on a validation loss (Pedregosa, 2016).
 
     With ``per_feature`` each penalised row of W has its own weight (h has d entries, d the number
-    of features); otherwise h has one entry. The log-weights live in the box ``log_bounds``: as a
-    weight tends to 0 on separable data the inner solution diverges, so below the box the inner
-    problem is not worth solving; ``check_hyper`` refuses values outside the box and
-    ``project_hyper`` clips to it. Other arguments as in :class:`LinearModelBilevel`.
+    of features); otherwise h has one entry. The log-weights live in the box ``log_bounds``, because
+    on separable data the inner solution diverges as a weight tends to 0. ``check_hyper`` raises
+    ``ValueError`` for values outside the box, and ``project_hyper`` clips to it. Other arguments
+    as in :class:`LinearModelBilevel`.
     """
 
     def __init__(self, *args, per_feature: bool = True, log_bounds: tuple[float, float] = (-12.0, 6.0), **kwargs) -> None:
@@ -485,7 +489,7 @@ class RegularisationSelection(LinearModelBilevel):
         self.n_hyper = self.dim - int(self.fit_intercept) if per_feature else 1
 
     def initial_hyper(self) -> Tensor:
-        return torch.zeros(self.n_hyper, dtype=self.dtype)
+        return torch.zeros(self.n_hyper, dtype=self.dtype, device=self.device)
 
     def sample_weights(self, hyper: Tensor) -> None:
         return None
@@ -517,7 +521,7 @@ class HyperCleaning(LinearModelBilevel):
     r"""Data hyper-cleaning (Franceschi et al., 2017): one weight :math:`\sigma(h_i)` per training sample.
 
     The inner problem fits the (possibly mislabelled) training samples weighted by
-    :math:`\sigma(h_i)` with the fixed ℓ2 weight ``reg_l2``; the outer loss is the mean loss on a
+    :math:`\sigma(h_i)` with the fixed ℓ2 weight ``reg_l2``. The outer loss is the mean loss on a
     clean validation split, so minimising it drives the weights of mislabelled samples to 0.
     """
 
@@ -531,7 +535,7 @@ class HyperCleaning(LinearModelBilevel):
         self.n_hyper = self.n_samples
 
     def initial_hyper(self) -> Tensor:
-        return torch.zeros(self.n_samples, dtype=self.dtype)
+        return torch.zeros(self.n_samples, dtype=self.dtype, device=self.device)
 
     def sample_weights(self, hyper: Tensor) -> Tensor:
         return torch.sigmoid(hyper)
@@ -570,7 +574,7 @@ class LassoSelection(LinearModelBilevel):
 
     def initial_hyper(self) -> Tensor:
         # A tenth of the weight above which the solution is 0: ‖Xᵀy‖_∞ / n.
-        return torch.full((1,), 0.1 * self.reg_max(), dtype=self.dtype)
+        return torch.full((1,), 0.1 * self.reg_max(), dtype=self.dtype, device=self.device)
 
     def reg_max(self) -> float:
         """Return :math:`\\|X^\\top y\\|_\\infty / n`, the smallest ℓ1 weight whose solution is 0."""
@@ -580,7 +584,7 @@ class LassoSelection(LinearModelBilevel):
         return None
 
     def l2_weights(self, hyper: Tensor) -> Tensor:
-        return torch.zeros(self.dim, 1, dtype=self.dtype)
+        return torch.zeros(self.dim, 1, dtype=self.dtype, device=self.device)
 
     def inner_l1(self, hyper: Tensor) -> Tensor:
         return hyper[0]

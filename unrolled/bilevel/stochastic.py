@@ -15,9 +15,9 @@ The updates are :math:`z \leftarrow z - \rho D_z`, :math:`v \leftarrow v - \rho 
 
 - **SOBA** estimates each direction from a mini-batch of training samples (for G) and one of
   validation samples (for F). The noise does not vanish at the solution, so convergence needs
-  decreasing steps :math:`\rho_t = \rho_0 (1 + t/T)^{-2/5}`, :math:`\gamma_t = \gamma_0 (1 + t/T)^{-3/5}`
-  (the rates of its analysis; the scale T, ``decay_scale``, keeps the first T steps near
-  :math:`\rho_0, \gamma_0`); with fixed steps h stalls at a noise floor.
+  decreasing steps :math:`\rho_t = \rho_0 (1 + t/T)^{-2/5}` and :math:`\gamma_t = \gamma_0 (1 + t/T)^{-3/5}`,
+  the rates of its analysis. The scale T (``decay_scale``) keeps the first T steps near
+  :math:`\rho_0, \gamma_0`. With fixed steps, h stalls at a noise floor.
 - **SABA** replaces each estimate by SAGA's (Defazio et al., 2014): a table keeps the last value of
   every sample's gradient, Hessian-vector product and cross derivative, and the estimate is the
   batch's change plus the table mean. Its variance vanishes at the solution, so fixed steps converge
@@ -170,15 +170,17 @@ class _Batches:
     """Seeded mini-batches of training and validation indices, distinct within a batch."""
 
     def __init__(self, problem: LinearModelBilevel, batch_size: int, seed: int) -> None:
+        # Drawn on the CPU and moved, so that a seed gives the same batches on every device.
         self.generator = torch.Generator().manual_seed(seed)
         self.n_train, self.n_val = problem.n_samples, problem.n_val
         self.batch_size = batch_size
+        self.device = problem.device
 
     def train(self) -> Tensor:
-        return torch.randperm(self.n_train, generator=self.generator)[: self.batch_size]
+        return torch.randperm(self.n_train, generator=self.generator)[: self.batch_size].to(self.device)
 
     def val(self) -> Tensor:
-        return torch.randperm(self.n_val, generator=self.generator)[: min(self.batch_size, self.n_val)]
+        return torch.randperm(self.n_val, generator=self.generator)[: min(self.batch_size, self.n_val)].to(self.device)
 
 
 class _MinibatchDirections:
@@ -214,8 +216,8 @@ class _SagaDirections:
     def setup(self, z: Tensor, v: Tensor, hyper: Tensor) -> int:
         """Fill the tables at the starting point with one pass; return the oracle calls spent."""
         problem = self.problem
-        everyone = torch.arange(problem.n_samples)
-        validation = torch.arange(problem.n_val)
+        everyone = torch.arange(problem.n_samples, device=problem.device)
+        validation = torch.arange(problem.n_val, device=problem.device)
         self.gradient = problem.gradient_coefficients(z, hyper, everyone)
         self.product = problem.hvp_coefficients(z, hyper, v, everyone)
         self.cross = problem.cross_coefficients(z, hyper, v, everyone)
@@ -270,7 +272,7 @@ def _joint_run(
     eval_every: int | None,
     hypergradient_norm: bool,
 ) -> BilevelResult:
-    """The single loop shared by SOBA and SABA, which differ in their direction estimates and steps."""
+    """Run the single loop of SOBA and SABA, which differ only in their direction estimates and step schedules."""
     _check_smooth(problem)
     _check_counts(n_iter, batch_size, problem)
     hyper = _start(problem, hyper0)
@@ -312,13 +314,13 @@ def _decreasing(inner_step: float, outer_step: float, t: int, decay_scale: float
 
 
 def _shared(arguments: dict) -> dict:
-    """The keyword arguments that SOBA and SABA pass on to :func:`_joint_run` unchanged."""
+    """Select the keyword arguments that SOBA and SABA pass on to :func:`_joint_run` unchanged."""
     names = ("n_iter", "batch_size", "inner_step", "outer_step", "hyper0", "seed", "eval_every", "hypergradient_norm")
     return {name: arguments[name] for name in names}
 
 
 def _start(problem: LinearModelBilevel, hyper0: Tensor | None) -> Tensor:
-    hyper = problem.initial_hyper() if hyper0 is None else torch.as_tensor(hyper0, dtype=problem.dtype).clone()
+    hyper = problem.initial_hyper() if hyper0 is None else torch.as_tensor(hyper0, dtype=problem.dtype, device=problem.device).clone()
     problem.check_hyper(hyper)
     return hyper
 

@@ -55,7 +55,10 @@ def split_dataset(name: str, *, val_fraction: float = DEFAULT_VAL_FRACTION, seed
 
 
 def regularisation_selection(name: str, *, per_feature: bool = True, seed: int = 0, **kwargs) -> RegularisationSelection:
-    """Return the ℓ2-weight selection task of ``breast_cancer`` (logistic) or ``digits`` (multinomial), with an intercept."""
+    """Return the ℓ2-weight selection task of ``breast_cancer`` (logistic), ``digits`` or ``mnist5k`` (multinomial), with an intercept.
+
+    Other keyword arguments (``log_bounds``, ``device``, ``dtype``) go to :class:`RegularisationSelection`.
+    """
     if name not in ("breast_cancer", "digits", "mnist5k"):
         raise ValueError(f"regularisation selection is defined on breast_cancer, digits and mnist5k, got {name!r}.")
     splits = split_dataset(name, seed=seed)
@@ -89,13 +92,15 @@ class CleaningTask:
     corruption: float
 
 
-def hyper_cleaning(name: str, corruption: float, *, reg_l2: float, seed: int = 0, split_seed: int = 0) -> CleaningTask:
+def hyper_cleaning(
+    name: str, corruption: float, *, reg_l2: float, seed: int = 0, split_seed: int = 0, device: torch.device | str = "cpu"
+) -> CleaningTask:
     """Return data hyper-cleaning on ``mnist5k`` or ``digits`` with a fraction ``corruption`` of training labels replaced.
 
     A corrupted label is replaced by a uniformly drawn different class
     (:func:`~unrolled.problems.datasets.corrupt_labels`); validation and test labels stay clean.
     ``seed`` draws the corruption and ``split_seed`` the splits, so seeds of one experiment share
-    the data and differ in the noise.
+    the data and differ in the noise. ``device`` is where the problem lives.
     """
     if name not in ("mnist5k", "digits"):
         raise ValueError(f"hyper-cleaning is defined on mnist5k and digits, got {name!r}.")
@@ -112,8 +117,9 @@ def hyper_cleaning(name: str, corruption: float, *, reg_l2: float, seed: int = 0
         fit_intercept=True,
         n_classes=splits.dataset.n_classes,
         reg_l2=reg_l2,
+        device=device,
     )
-    return CleaningTask(problem=problem, corrupted=corrupted, corruption=corruption)
+    return CleaningTask(problem=problem, corrupted=corrupted.to(problem.device), corruption=corruption)
 
 
 def clean_only_error(task: CleaningTask, *, tol: float = 1e-9) -> float:
@@ -133,11 +139,12 @@ def clean_only_error(task: CleaningTask, *, tol: float = 1e-9) -> float:
         y_test=problem.splits["test"][1],
         n_classes=problem.n_outputs,
         reg_l2=problem.reg_l2,
+        device=problem.device,
     )
-    # The features already hold the intercept column, so the new problem adds none and penalises it;
-    # its penalty mask is reset to leave the intercept row free, as in the original problem.
+    # The features already contain the intercept column, so the new problem adds none. Its penalty
+    # mask is then reset to leave the intercept row free, as in the original problem.
     clean.penalty_mask = problem.penalty_mask
-    hyper = torch.full((clean.n_samples,), 40.0, dtype=problem.dtype)
+    hyper = torch.full((clean.n_samples,), 40.0, dtype=problem.dtype, device=problem.device)
     return clean.error_rate(clean.solve_inner(hyper, tol=tol).z, "test")
 
 

@@ -1,9 +1,9 @@
-"""Traces of bilevel solvers: the hyperparameters scored at the exact inner solution, against time and oracle calls.
+"""Traces of bilevel solvers: hyperparameters scored at their exact inner solution, against time and oracle calls.
 
-Every solver records the same columns, so curves of different solvers share axes. A point is scored by
-solving the inner problem at the current h to a tight tolerance (warm-started from the previous
-point), so the outer value and test error are those of h itself, not of the solver's running inner
-iterate. Scoring time is excluded from the solver's clock.
+Every solver records the same columns, so curves of different solvers share axes. To score a point,
+the recorder solves the inner problem at the current h to a tight tolerance, warm-started from the
+previous point. The outer value and test error are therefore those of h itself, not of the solver's
+running inner iterate. Scoring time is excluded from the solver's clock.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torch import Tensor
 from unrolled.bilevel.hypergradient import implicit_hypergradient
 from unrolled.bilevel.problems import BilevelProblem, LinearModelBilevel
 
-# Inner residual at which a traced point is scored.
+# Inner-residual tolerance of the solve that scores a traced point.
 SCORE_TOL = 1e-7
 
 
@@ -26,14 +26,15 @@ class BilevelTrace:
     """Columns of a bilevel run, one entry per scored point.
 
     Attributes:
-        iteration: outer iterations done.
-        oracle_calls: per-sample derivative evaluations so far (a gradient, a Hessian-vector product
-            or a cross derivative of one sample counts 1; a full-batch one counts n).
-        time: solver seconds so far, scoring excluded.
-        outer_value: F(z*(h), h) at the current h (the validation loss).
-        test_error: test error rate of z*(h) (classification), or NaN.
+        iteration: number of outer iterations completed.
+        oracle_calls: per-sample derivative evaluations so far. A gradient, a Hessian-vector product
+            or a cross derivative of one sample counts 1, and a full-batch one counts n.
+        time: solver time in seconds so far, excluding scoring.
+        outer_value: F(z*(h), h) at the current h, which is the validation loss.
+        test_error: test error rate of z*(h) for classification losses, or NaN for the squared loss
+            and when the problem has no test split.
         test_loss: mean test loss of z*(h), or NaN when the problem has no test split.
-        hypergradient_norm: ‖dF/dh‖ by implicit differentiation, or NaN when not asked for.
+        hypergradient_norm: ‖dF/dh‖ by implicit differentiation, or NaN when not requested.
     """
 
     iteration: list[int] = field(default_factory=list)
@@ -45,7 +46,7 @@ class BilevelTrace:
     hypergradient_norm: list[float] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, list]:
-        """Return the columns as plain lists (JSON-ready)."""
+        """Return the columns as plain lists, ready for JSON."""
         return {name: list(values) for name, values in self.__dict__.items()}
 
 
@@ -60,11 +61,14 @@ class BilevelResult:
 
 
 class Recorder:
-    """Keeps the solver clock and scores points into a :class:`BilevelTrace`.
+    """Solver clock and scorer that appends points to a :class:`BilevelTrace`.
+
+    Solvers add their own evaluations to ``oracle_calls``, which each scored row copies.
 
     Args:
         problem: the bilevel problem.
-        hypergradient_norm: also record ‖dF/dh‖ at each point (one implicit hypergradient each).
+        hypergradient_norm: also record ‖dF/dh‖ at each point, at the cost of one implicit
+            hypergradient per point.
     """
 
     def __init__(self, problem: BilevelProblem, *, hypergradient_norm: bool = False) -> None:
@@ -77,7 +81,7 @@ class Recorder:
         self._z: Tensor | None = None
 
     def start(self) -> None:
-        """Start (or restart) the solver clock."""
+        """Start or restart the solver clock."""
         self._started = time.perf_counter()
 
     def stop(self) -> None:
@@ -88,7 +92,11 @@ class Recorder:
 
     @torch.no_grad()
     def score(self, iteration: int, hyper: Tensor, z0: Tensor | None = None) -> Tensor:
-        """Score h at its exact inner solution (solved from ``z0``, else from the last scored point), append a row, and return that solution."""
+        """Score h at its exact inner solution, append a row to the trace and return that solution.
+
+        The inner solve starts from ``z0`` when given, else from the last scored point. The solver
+        clock is paused while scoring.
+        """
         running = self._started is not None
         self.stop()
         problem = self.problem
