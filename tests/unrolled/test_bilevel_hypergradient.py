@@ -1,9 +1,13 @@
-"""Hypergradients against finite differences and closed forms; the Lasso support case; warnings; memory against depth."""
+"""Tests of hypergradients against finite differences and closed forms.
+
+They also cover the Lasso support case, the approximation warnings, input checks and memory against depth.
+"""
 
 from __future__ import annotations
 
 import functools
 import re
+import warnings
 
 import pytest
 import torch
@@ -11,26 +15,10 @@ import torch
 from unrolled.bilevel.hypergradient import ApproximateHypergradientWarning, implicit_hypergradient, unrolled_hypergradient
 from unrolled.bilevel.memory import SavedTensorMemory
 from unrolled.bilevel.problems import LassoSelection
+from unrolled.bilevel.study.common import finite_differences, relative_error
 from unrolled.bilevel.tasks import hyper_cleaning, regularisation_selection
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
-
-
-def finite_differences(problem, hyper, coordinates, *, eps=1e-5, tol=1e-13):
-    """Central differences of h ↦ F(z*(h), h) along the given coordinates, with tight warm-started inner solves."""
-    base = problem.solve_inner(hyper, tol=tol).z
-    values = []
-    for j in coordinates:
-        e = torch.zeros_like(hyper)
-        e[j] = eps
-        plus = problem.outer(problem.solve_inner(hyper + e, base, tol=tol).z, hyper + e)
-        minus = problem.outer(problem.solve_inner(hyper - e, base, tol=tol).z, hyper - e)
-        values.append(float(plus - minus) / (2 * eps))
-    return torch.tensor(values, dtype=torch.float64)
-
-
-def relative_error(estimate: torch.Tensor, reference: torch.Tensor) -> float:
-    return float(torch.linalg.vector_norm(estimate - reference) / torch.linalg.vector_norm(reference))
 
 
 @functools.lru_cache(maxsize=None)
@@ -44,21 +32,25 @@ def _per_feature():
 def test_implicit_hypergradient_matches_finite_differences(solver):
     problem, hyper, reference = _per_feature()
     result = implicit_hypergradient(problem, hyper, solver=solver, tol=1e-11, max_iter=100_000, inner_tol=1e-12)
-    assert not result.approximate and result.method == f"implicit-{solver}"
+    assert not result.approximate
+    assert result.method == f"implicit-{solver}"
     assert relative_error(result.gradient, reference) < 1e-4
 
 
-def test_reverse_mode_matches_finite_differences_and_checkpointing_changes_nothing():
+def test_reverse_mode_hypergradient_variants():
+    """Full reverse mode matches finite differences, checkpointing changes nothing, and truncation is biased."""
     problem, hyper, reference = _per_feature()
     full = unrolled_hypergradient(problem, hyper, max_iter=3000)
-    assert full.method == "unrolled" and not full.approximate
+    assert full.method == "unrolled"
+    assert not full.approximate
     assert relative_error(full.gradient, reference) < 1e-4
     checkpointed = unrolled_hypergradient(problem, hyper, max_iter=3000, checkpoint_every=100)
     assert checkpointed.method == "unrolled-checkpointed"
     torch.testing.assert_close(checkpointed.gradient, full.gradient, rtol=1e-12, atol=0)
     truncated = unrolled_hypergradient(problem, hyper, max_iter=3000, truncate=20)
-    assert truncated.method == "truncated" and truncated.approximate
-    # Truncation at 20 of 3,000 steps drops most of the gradient's history: biased, visibly.
+    assert truncated.method == "truncated"
+    assert truncated.approximate
+    # Keeping the last 20 of 3,000 steps drops most of the gradient's history, so the bias is visible.
     assert relative_error(truncated.gradient, reference) > 1e-2
 
 
@@ -71,35 +63,28 @@ def test_hyper_cleaning_hypergradient_matches_finite_differences():
     assert relative_error(result.gradient[coordinates], reference) < 1e-4
 
 
-def test_implicit_error_falls_as_the_inner_residual_falls():
+def test_implicit_error_tracks_inner_residual():
+    """The implicit hypergradient error falls as the inner residual falls."""
     problem, hyper, reference = _per_feature()
     errors, residuals = [], []
     for max_iter in (10, 100, 1000, 10_000):
         z = unrolled_hypergradient(problem, hyper, max_iter=max_iter, truncate=1).z
-        with pytest.warns(ApproximateHypergradientWarning) if max_iter < 10_000 else _no_warning():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ApproximateHypergradientWarning)
             result = implicit_hypergradient(problem, hyper, z, inner_tol=1e-9)
+        # Only the last inner point is below the tolerance, so only the first three warn.
+        assert (len(caught) == 1) == (max_iter < 10_000)
         residuals.append(result.inner_residual)
         errors.append(relative_error(result.gradient, reference))
     assert residuals == sorted(residuals, reverse=True)
     assert errors == sorted(errors, reverse=True)
-    assert errors[0] > 1e-2 and errors[-1] < 1e-5
-
-
-class _no_warning:
-    def __enter__(self):
-        import warnings
-
-        self._context = warnings.catch_warnings()
-        self._context.__enter__()
-        warnings.simplefilter("error", ApproximateHypergradientWarning)
-
-    def __exit__(self, *exc):
-        self._context.__exit__(*exc)
+    assert errors[0] > 1e-2
+    assert errors[-1] < 1e-5
 
 
 @functools.lru_cache(maxsize=None)
 def _sparse_lasso():
-    """The user case: n = 100 samples, p = 1000 features, a 4-sparse solution."""
+    """Build a Lasso with more features than samples: n = 100 samples, p = 1000 features and a 4-sparse solution."""
     generator = torch.Generator().manual_seed(0)
     n, p = 100, 1000
     X = torch.randn(n, p, generator=generator, dtype=torch.float64)
@@ -112,13 +97,14 @@ def _sparse_lasso():
     return problem, hyper
 
 
-def test_lasso_hypergradient_on_the_support_matches_the_closed_form_finite_differences_and_unrolled_ista():
+def test_lasso_support_hypergradient():
+    """On the support, the Lasso hypergradient matches the closed form, finite differences and unrolled ISTA."""
     problem, hyper = _sparse_lasso()
     solution = problem.solve_inner(hyper, tol=1e-12)
     support = solution.z[:, 0] != 0
     assert int(support.sum()) == 4
     result = implicit_hypergradient(problem, hyper, solution.z, inner_tol=1e-11)
-    # Closed form in the ½ scaling, A = X/√n: dβ_S/dλ = −(A_SᵀA_S)⁻¹ sign(β_S), and 0 off S.
+    # In the ½ scaling with A = X/√n, the closed form is dβ_S/dλ = −(A_SᵀA_S)⁻¹ sign(β_S), and 0 off S.
     A_S = problem.X[:, support] / problem.n_samples**0.5
     jacobian = -torch.linalg.solve(A_S.T @ A_S, torch.sign(solution.z[support, 0]))
     closed_form = float(problem.outer_gradients(solution.z, hyper)[0][support, 0] @ jacobian)
@@ -128,29 +114,34 @@ def test_lasso_hypergradient_on_the_support_matches_the_closed_form_finite_diffe
     assert float(result.gradient[0]) == pytest.approx(float(unrolled.gradient[0]), rel=1e-3)
 
 
-def test_lasso_system_over_all_coordinates_is_singular_and_warns():
+def test_lasso_full_system_warns():
+    """Over all coordinates, the Lasso linear system is singular, so the solve warns and its result is far off."""
     problem, hyper = _sparse_lasso()
     solution = problem.solve_inner(hyper, tol=1e-12)
     correct = implicit_hypergradient(problem, hyper, solution.z, inner_tol=1e-11).gradient
     with pytest.warns(UserWarning, match="restrict_to_support=False"), pytest.warns(ApproximateHypergradientWarning, match="linear system"):
         wrong = implicit_hypergradient(problem, hyper, solution.z, solver="direct", restrict_to_support=False, inner_tol=1e-11).gradient
-    # XᵀX/n has rank 100 for 1,000 unknowns: the solve returns values many orders of magnitude off.
+    # XᵀX/n has rank 100 for 1,000 unknowns, so the solve returns values many orders of magnitude off.
     assert abs(float(wrong[0])) > 1e6 * abs(float(correct[0]))
 
 
-def test_unconverged_inner_point_and_linear_system_warn_with_their_residuals():
+def test_unconverged_solves_warn():
+    """An unconverged inner point or linear system warns with its residual and flags the result approximate."""
     problem, hyper, _ = _per_feature()
     with pytest.warns(ApproximateHypergradientWarning, match=r"inner problem stopped at residual [0-9.e+-]+, above its tolerance 1e-09"):
         result = implicit_hypergradient(problem, hyper, problem.initial_inner(), inner_tol=1e-9)
-    assert result.approximate and result.inner_residual > 1e-9
+    assert result.approximate
+    assert result.inner_residual > 1e-9
     with pytest.warns(ApproximateHypergradientWarning, match="linear system stopped"):
         result = implicit_hypergradient(problem, hyper, max_iter=2, inner_tol=1e-9)
-    assert result.approximate and result.linear_residual > 1e-10 and result.n_products == 2
+    assert result.approximate
+    assert result.linear_residual > 1e-10
+    assert result.n_products == 2
     with pytest.warns(ApproximateHypergradientWarning, match="inner iterations stopped"):
         assert unrolled_hypergradient(problem, hyper, max_iter=5, inner_tol=1e-9).approximate
 
 
-def test_bad_arguments_are_refused():
+def test_invalid_arguments_raise():
     problem, hyper, _ = _per_feature()
     with pytest.raises(ValueError, match=re.escape("solver must be one of cg, neumann, direct, got 'lu'")):
         implicit_hypergradient(problem, hyper, solver="lu")
@@ -162,7 +153,8 @@ def test_bad_arguments_are_refused():
         unrolled_hypergradient(problem, hyper, max_iter=10, checkpoint_every=0)
 
 
-def test_reverse_mode_memory_grows_with_depth_and_implicit_memory_does_not():
+def test_hypergradient_memory_against_depth():
+    """Reverse-mode memory grows affinely with the depth K, and checkpointing and implicit differentiation stay far below it."""
     problem, hyper, _ = _per_feature()
 
     def peak(function) -> int:
@@ -172,7 +164,8 @@ def test_reverse_mode_memory_grows_with_depth_and_implicit_memory_does_not():
         return meter.peak_bytes
 
     reverse = {K: peak(lambda K=K: unrolled_hypergradient(problem, hyper, max_iter=K)) for K in (50, 100, 200)}
-    # Affine in K: the data saved once plus the same amount per step, so 100 more steps cost twice 50 more.
+    # Memory is affine in K: the data saved once plus the same amount per step. So 100 more steps cost
+    # twice as much as 50 more.
     assert reverse[200] - reverse[100] == pytest.approx(2 * (reverse[100] - reverse[50]), rel=0.01)
     assert reverse[100] - reverse[50] > 0.5 * reverse[50]
     checkpointed = peak(lambda: unrolled_hypergradient(problem, hyper, max_iter=200, checkpoint_every=10))

@@ -1,4 +1,7 @@
-"""ALISTA's parameters as hyperparameters: hypergradient modes against plain autograd, training traces, and the sparse-coding Lasso weight."""
+"""Tests of ALISTA's parameters as hyperparameters.
+
+They check the hypergradient modes against plain autograd, the training traces and the sparse-coding Lasso weight.
+"""
 
 from __future__ import annotations
 
@@ -25,7 +28,8 @@ def _gradients(network) -> list[torch.Tensor]:
     return [parameter.grad.clone() for parameter in network.parameters()]
 
 
-def test_full_and_checkpointed_hypergradients_equal_autograd_of_the_forward_pass():
+def test_network_hypergradient_matches_autograd():
+    """Full and checkpointed network hypergradients equal autograd through the forward pass."""
     problem, y, x = _setting()
     network = ALISTA(problem.A, 6)
     loss = ((network(y)[-1] - x) ** 2).sum() / (x**2).sum()
@@ -40,17 +44,19 @@ def test_full_and_checkpointed_hypergradients_equal_autograd_of_the_forward_pass
         torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=0)
 
 
-def test_truncated_hypergradient_reaches_the_last_layers_only():
+def test_truncated_hypergradient_last_layers_only():
+    """Truncation to the last 2 of 6 layers gives nonzero gradients to those layers only."""
     problem, y, x = _setting()
     network = ALISTA(problem.A, 6)
     network_hypergradient(network, y, x, truncate=2)
     for parameter in (network.step_size, network.threshold):
-        assert bool((parameter.grad[:4] == 0).all()) and bool((parameter.grad[4:] != 0).all())
+        assert bool((parameter.grad[:4] == 0).all())
+        assert bool((parameter.grad[4:] != 0).all())
     with pytest.raises(ValueError, match=r"truncate must lie in 1..n_layers \(6\), got 7"):
         network_hypergradient(network, y, x, truncate=7)
 
 
-def test_checkpointing_and_truncation_hold_less_memory():
+def test_checkpointing_and_truncation_save_memory():
     problem, y, x = _setting()
 
     def peak(**options) -> int:
@@ -64,7 +70,8 @@ def test_checkpointing_and_truncation_hold_less_memory():
     assert peak(checkpoint_every=3) < full / 2
 
 
-def test_fit_network_improves_the_test_nmse_and_records_its_trace():
+def test_fit_network_improves_test_nmse():
+    """Training improves the test NMSE by more than 1 dB and records its trace."""
     problem, _, _ = _setting()
     torch.manual_seed(0)
     network = ALISTA(problem.A, 6)
@@ -74,7 +81,8 @@ def test_fit_network_improves_the_test_nmse_and_records_its_trace():
     assert trace.test_nmse_db[-1] < trace.test_nmse_db[0] - 1.0
 
 
-def test_sparse_coding_lasso_hypergradient_matches_finite_differences_and_unrolled_ista():
+def test_sparse_coding_lasso_hypergradient():
+    """The sparse-coding Lasso hypergradient matches finite differences and unrolled ISTA, and bad inputs raise."""
     problem, y, x = _setting()
     lasso = SparseCodingLasso(problem.A, y, x)
     hyper = torch.tensor([0.05 * lasso.reg_max()], dtype=torch.float64)

@@ -1,4 +1,8 @@
-"""Bilevel problems: closed-form derivatives against autograd, per-sample oracles against the full-batch ones, inner solutions against scikit-learn, domains and tasks."""
+"""Tests of bilevel problems, their linear solvers and tasks.
+
+Closed-form derivatives are checked against autograd, per-sample oracles against the full-batch ones,
+and inner solutions against scikit-learn. Hyperparameter domains and task data are checked too.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def _random_problem(kind: str, seed: int = 0):
-    """A small problem of each family on random data, with hyperparameters away from the defaults."""
+    """Build a small problem of the given family on random data, with hyperparameters away from the defaults."""
     generator = torch.Generator().manual_seed(seed)
     n, n_val, p = 40, 30, 6
     X = torch.randn(n, p, generator=generator, dtype=torch.float64)
@@ -63,7 +67,8 @@ def test_closed_form_derivatives_equal_autograd(kind):
 
 
 @pytest.mark.parametrize("kind", ("per_feature", "single", "cleaning"))
-def test_per_sample_oracles_sum_to_the_full_batch_derivatives(kind):
+def test_per_sample_oracles_sum_to_full_batch(kind):
+    """Per-sample oracles, summed over every sample, equal the full-batch derivatives."""
     problem, hyper = _random_problem(kind)
     generator = torch.Generator().manual_seed(2)
     z = torch.randn(problem.dim, problem.n_outputs, generator=generator, dtype=torch.float64)
@@ -91,11 +96,12 @@ def _breast_cancer_single():
     return regularisation_selection("breast_cancer", per_feature=False)
 
 
-def test_inner_solution_matches_scikit_learn_logistic_regression():
+def test_logistic_inner_solution_matches_sklearn():
     problem = _breast_cancer_single()
     log_weight = -3.0
     solution = problem.solve_inner(torch.tensor([log_weight], dtype=torch.float64), tol=1e-12)
-    assert solution.converged and solution.residual <= 1e-12
+    assert solution.converged
+    assert solution.residual <= 1e-12
     X, y = problem.X[:, :-1].numpy(), problem.y.numpy()
     # (1/n) Σ ψ + (ρ/2)‖w‖² is scikit-learn's C Σ ψ + ½‖w‖² divided by C n, so C = 1/(n ρ).
     C = 1.0 / (problem.n_samples * np.exp(log_weight))
@@ -105,18 +111,19 @@ def test_inner_solution_matches_scikit_learn_logistic_regression():
     assert ours[-1] == pytest.approx(reference.intercept_[0], abs=1e-8)
 
 
-def test_lasso_inner_solution_matches_scikit_learn():
+def test_lasso_inner_solution_matches_sklearn():
     problem = lasso_selection()
     weight = 0.05 * problem.reg_max()
     solution = problem.solve_inner(torch.tensor([weight], dtype=torch.float64), tol=1e-12)
     assert solution.converged
     reference = Lasso(alpha=weight, fit_intercept=False, tol=1e-15, max_iter=100_000).fit(problem.X.numpy(), problem.y.numpy())
     np.testing.assert_allclose(solution.z[:, 0].numpy(), reference.coef_, atol=1e-8)
-    # The support (and so the hypergradient's restriction) agrees too.
+    # The support agrees too, and with it the restriction of the hypergradient.
     assert ((solution.z[:, 0] != 0).numpy() == (reference.coef_ != 0)).all()
 
 
-def test_lasso_weight_above_reg_max_gives_zero_and_its_residual_is_zero():
+def test_lasso_above_reg_max_is_zero():
+    """A Lasso weight above reg_max gives the zero solution, with an inner residual of exactly 0."""
     problem = lasso_selection()
     hyper = torch.tensor([1.01 * problem.reg_max()], dtype=torch.float64)
     solution = problem.solve_inner(hyper)
@@ -124,14 +131,16 @@ def test_lasso_weight_above_reg_max_gives_zero_and_its_residual_is_zero():
     assert problem.inner_residual(solution.z, hyper) == 0.0
 
 
-def test_conjugate_gradient_and_neumann_solve_a_symmetric_positive_definite_system():
+def test_linear_solvers_on_spd_system():
+    """Conjugate gradient and the Neumann series solve a symmetric positive definite system."""
     generator = torch.Generator().manual_seed(0)
     M = torch.randn(30, 30, generator=generator, dtype=torch.float64)
     H = M @ M.T / 30 + 0.5 * torch.eye(30, dtype=torch.float64)
     b = torch.randn(30, generator=generator, dtype=torch.float64)
     exact = torch.linalg.solve(H, b)
     cg = conjugate_gradient(lambda v: H @ v, b, tol=1e-12)
-    assert cg.converged and cg.n_iter <= 30
+    assert cg.converged
+    assert cg.n_iter <= 30
     torch.testing.assert_close(cg.solution, exact, rtol=0, atol=1e-10)
     lipschitz = float(torch.linalg.eigvalsh(H).max())
     neumann = neumann_series(lambda v: H @ v, b, step_size=1 / lipschitz, tol=1e-10, max_iter=100_000)
@@ -146,7 +155,8 @@ def test_conjugate_gradient_and_neumann_solve_a_symmetric_positive_definite_syst
         neumann_series(lambda v: H @ v, b, step_size=0.0)
 
 
-def test_hyperparameters_outside_their_domain_are_refused_and_projected():
+def test_hyperparameter_domain_checks():
+    """check_hyper rejects hyperparameters outside their domain, and project_hyper clips them into it."""
     lasso, _ = _random_problem("lasso")
     with pytest.raises(ValueError, match=r"Lasso weight must be one number >= 0, got \[-0.1\]"):
         lasso.solve_inner(torch.tensor([-0.1], dtype=torch.float64))
@@ -169,7 +179,11 @@ def test_hyperparameters_outside_their_domain_are_refused_and_projected():
         LassoSelection(X, y, X, y, fit_intercept=True)
 
 
-def test_splits_are_disjoint_and_hyper_cleaning_corrupts_training_labels_only():
+def test_hyper_cleaning_splits_and_corruption():
+    """Check the split sizes and that hyper-cleaning corrupts training labels only.
+
+    The training and validation splits together contain as many samples as the dataset's training set.
+    """
     splits = split_dataset("digits")
     assert splits.X_train.shape[0] + splits.X_val.shape[0] == splits.dataset.X_train.shape[0]
     task = hyper_cleaning("digits", 0.5, reg_l2=0.03, seed=3)
@@ -179,5 +193,20 @@ def test_splits_are_disjoint_and_hyper_cleaning_corrupts_training_labels_only():
     assert bool((problem.y[task.corrupted] != clean_labels[task.corrupted]).all())
     assert bool((problem.y[~task.corrupted] == clean_labels[~task.corrupted]).all())
     assert torch.equal(problem.y_val, splits.y_val.to(problem.dtype))
-    # Half the labels wrong costs accuracy; dropping them recovers most of it.
+    # Half the labels are wrong, which costs accuracy. Dropping the corrupted samples lowers the error
+    # by more than 0.02.
     assert clean_only_error(task) < uniform_error(problem) - 0.02
+
+
+def test_neumann_residual_at_budget_end():
+    """When the budget ends the series, the reported residual is still that of the returned solution."""
+    generator = torch.Generator().manual_seed(1)
+    M = torch.randn(20, 20, generator=generator, dtype=torch.float64)
+    H = M @ M.T / 20 + 0.1 * torch.eye(20, dtype=torch.float64)
+    b = torch.randn(20, generator=generator, dtype=torch.float64)
+    lipschitz = float(torch.linalg.eigvalsh(H).max())
+    result = neumann_series(lambda v: H @ v, b, step_size=1 / lipschitz, tol=1e-12, max_iter=7)
+    assert not result.converged
+    assert result.n_iter == 7
+    true_residual = float(torch.linalg.vector_norm(H @ result.solution - b) / torch.linalg.vector_norm(b))
+    assert result.residual == pytest.approx(true_residual, rel=1e-10)

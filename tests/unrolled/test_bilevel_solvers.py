@@ -1,4 +1,8 @@
-"""Bilevel solvers: full-batch limits equal the deterministic recursions, convergence to the implicit-gradient optimum, search baselines, traces and input checks."""
+"""Tests of bilevel solvers.
+
+Full-batch limits must equal the deterministic recursions, and the solvers must converge to the
+implicit-gradient optimum. The search baselines, traces and input checks are tested too.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 @functools.lru_cache(maxsize=None)
 def _small_cleaning():
-    """Hyper-cleaning on digits restricted to 120 training and 60 validation samples, so a batch can be everything."""
+    """Build hyper-cleaning on digits restricted to 120 training and 60 validation samples, so one batch can hold every sample."""
     problem = hyper_cleaning("digits", 0.5, reg_l2=0.1).problem
     X, y = problem.X[:120, :-1], problem.y[:120]
     X_val, y_val = problem.X_val[:60, :-1], problem.y_val[:60]
@@ -25,7 +29,7 @@ def _small_cleaning():
 
 
 def _joint_reference(problem, n_iter, inner_step, outer_step):
-    """The deterministic SOBA/SABA recursion with exact full-batch directions."""
+    """Run the deterministic SOBA/SABA recursion with exact full-batch directions and return (hyper, z)."""
     hyper = problem.initial_hyper()
     z = problem.solve_inner(hyper, tol=1e-7).z
     v = torch.zeros_like(z)
@@ -39,7 +43,8 @@ def _joint_reference(problem, n_iter, inner_step, outer_step):
 
 
 @pytest.mark.parametrize("method", ("soba-fixed", "saba"))
-def test_full_batch_soba_and_saba_follow_the_deterministic_recursion(method):
+def test_full_batch_follows_deterministic_recursion(method):
+    """Full-batch SOBA with fixed steps and full-batch SABA follow the deterministic recursion."""
     problem = _small_cleaning()
     inner_step, outer_step = 0.5 / problem.inner_lipschitz(problem.initial_hyper()), 50.0
     if method == "saba":
@@ -51,10 +56,11 @@ def test_full_batch_soba_and_saba_follow_the_deterministic_recursion(method):
     torch.testing.assert_close(result.z, z, rtol=0, atol=1e-10)
 
 
-def test_full_batch_stocbio_steps_along_the_implicit_hypergradient():
+def test_full_batch_stocbio_takes_implicit_step():
+    """Full-batch stocBiO steps along the implicit hypergradient."""
     problem = _small_cleaning()
     hyper0 = problem.initial_hyper()
-    # Many inner and Neumann steps on full batches: each outer step is close to an exact implicit step.
+    # With many inner and Neumann steps on full batches, each outer step is close to an exact implicit step.
     result = stocbio(problem, n_iter=1, batch_size=problem.n_samples, inner_steps=3000, neumann_steps=3000, outer_step=100.0)
     exact = implicit_hypergradient(problem, hyper0, tol=1e-12, inner_tol=1e-10).gradient
     torch.testing.assert_close(result.hyper, hyper0 - 100.0 * exact, rtol=0, atol=1e-4 * 100.0 * float(exact.abs().max()))
@@ -67,17 +73,20 @@ def _single_weight():
     return problem, reference
 
 
-def test_implicit_gradient_descent_reaches_a_stationary_weight_that_a_fine_grid_confirms():
+def test_implicit_gd_matches_grid_optimum():
+    """Implicit gradient descent reaches a stationary weight, and a fine grid confirms it."""
     problem, reference = _single_weight()
     gradient = implicit_hypergradient(problem, reference.hyper, inner_tol=1e-9).gradient
     assert abs(float(gradient[0])) < 1e-7
     grid = grid_search(problem, torch.linspace(-8, -3, 101, dtype=torch.float64)[:, None])
     assert float(grid.hyper[0]) == pytest.approx(float(reference.hyper[0]), abs=0.05)
     assert reference.trace.outer_value[-1] <= min(grid.trace.outer_value) + 1e-12
-    assert len(grid.trace.outer_value) == 101 and grid.trace.oracle_calls == sorted(grid.trace.oracle_calls)
+    assert len(grid.trace.outer_value) == 101
+    assert grid.trace.oracle_calls == sorted(grid.trace.oracle_calls)
 
 
-def test_saba_with_fixed_steps_converges_where_soba_with_fixed_steps_stalls():
+def test_fixed_step_saba_beats_soba():
+    """With fixed steps, SABA converges where SOBA stalls."""
     problem, reference = _single_weight()
     options = dict(n_iter=20_000, batch_size=8, outer_step=0.05, eval_every=20_000, seed=0)
     saba_gap = abs(float(saba(problem, **options).hyper[0] - reference.hyper[0]))
@@ -86,7 +95,8 @@ def test_saba_with_fixed_steps_converges_where_soba_with_fixed_steps_stalls():
     assert soba_gap > 10 * saba_gap
 
 
-def test_lasso_weight_by_implicit_gradient_descent_matches_the_grid_optimum():
+def test_lasso_weight_matches_grid_optimum():
+    """Implicit gradient descent on the Lasso weight does at least as well as the best point of a grid."""
     problem = lasso_selection()
     reg_max = problem.reg_max()
     result = implicit_gradient_descent(problem, n_iter=40, outer_step=reg_max, eval_every=40)
@@ -95,7 +105,8 @@ def test_lasso_weight_by_implicit_gradient_descent_matches_the_grid_optimum():
     assert result.trace.outer_value[-1] <= min(grid.trace.outer_value) + 1e-9
 
 
-def test_random_search_is_reproducible_and_stays_in_its_box():
+def test_random_search_reproducible_within_box():
+    """Random search with a fixed seed repeats itself and returns a point inside its box."""
     problem, _ = _single_weight()
     first = random_search(problem, 8, -8.0, -2.0, seed=4)
     second = random_search(problem, 8, -8.0, -2.0, seed=4)
@@ -111,14 +122,16 @@ def test_traces_record_time_calls_and_test_scores():
     trace = result.trace
     assert trace.iteration == [0, 10, 20, 30, 40]
     assert trace.oracle_calls[0] == 0
-    # Table fill (3n + m) then 3 · 16 + 16 calls per iteration.
+    # Filling the SABA tables costs 3n + m calls: a gradient, a Hessian-vector product and a cross
+    # derivative per training sample, and an outer gradient per validation sample. Each iteration then
+    # costs 3 · 16 + 16 calls with batches of 16.
     assert trace.oracle_calls[-1] == 3 * problem.n_samples + problem.n_val + 40 * (3 * 16 + 16)
     assert trace.time == sorted(trace.time)
-    assert all(value != value for value in trace.test_error)  # NaN: this problem has no test split
+    assert all(value != value for value in trace.test_error)  # NaN because this problem has no test split
     assert all(norm > 0 for norm in trace.hypergradient_norm)
 
 
-def test_bad_inputs_are_refused():
+def test_invalid_inputs_raise():
     problem = _small_cleaning()
     with pytest.raises(ValueError, match=r"batch_size must lie in 1..120"):
         saba(problem, n_iter=1, batch_size=500)
@@ -132,3 +145,15 @@ def test_bad_inputs_are_refused():
         stocbio(problem, n_iter=1, inner_step=-1.0)
     with pytest.raises(ValueError, match=r"grid must have shape \(n_points, n_hyper\)"):
         grid_search(problem, torch.zeros(3))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_saba_cuda_matches_cpu():
+    """SABA mini-batches on CUDA follow the CPU run."""
+    options = dict(n_iter=200, batch_size=64, outer_step=30.0, eval_every=100, seed=1)
+    cpu = saba(hyper_cleaning("digits", 0.5, reg_l2=0.03).problem, **options)
+    cuda = saba(hyper_cleaning("digits", 0.5, reg_l2=0.03, device="cuda").problem, **options)
+    assert cuda.hyper.device.type == "cuda"
+    torch.testing.assert_close(cuda.hyper.cpu(), cpu.hyper, rtol=0, atol=1e-8)
+    assert cuda.trace.test_error == pytest.approx(cpu.trace.test_error, abs=1e-12)

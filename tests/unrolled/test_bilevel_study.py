@@ -27,10 +27,12 @@ def _table_rows(section: str, first_cell: str) -> list[list[str]]:
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in section.splitlines() if line.startswith(f"| {first_cell}")]
 
 
-def test_page_keeps_hand_written_text_and_gets_every_section(written):
+def test_page_keeps_hand_written_text(written):
+    """The page keeps the hand-written text around the markers and contains every section and figure."""
     output_dir, sections = written
     page = (output_dir / study.PAGE_FILE).read_text()
-    assert page.startswith("Hand-written introduction.") and page.rstrip().endswith("Hand-written conclusion.")
+    assert page.startswith("Hand-written introduction.")
+    assert page.rstrip().endswith("Hand-written conclusion.")
     for name, section in sections.items():
         assert section in page
         assert "Quick mode" in section
@@ -38,7 +40,8 @@ def test_page_keeps_hand_written_text_and_gets_every_section(written):
         assert (output_dir / "figures" / figure).read_bytes().startswith(PNG_SIGNATURE)
 
 
-def test_accuracy_table_reports_exact_methods_below_1e_4_and_truncation_far_above(written):
+def test_accuracy_table_errors(written):
+    """Exact methods have relative errors below 1e-4, and truncation has errors over 10 times larger."""
     _, sections = written
     for problem in ("breast cancer", "digits hyper-cleaning", "diabetes"):
         rows = {row[1]: float(row[2]) for row in _table_rows(sections["accuracy"], problem)}
@@ -48,7 +51,8 @@ def test_accuracy_table_reports_exact_methods_below_1e_4_and_truncation_far_abov
         assert truncated > 10 * rows["implicit, conjugate gradient"]
 
 
-def test_memory_grows_with_depth_for_reverse_mode_only(written):
+def test_memory_table_depth_growth(written):
+    """In the memory table, only reverse mode grows with depth."""
     _, sections = written
     rows = {row[0]: [float(re.match(r"([0-9.]+) MiB", cell).group(1)) for cell in row[1:]] for row in _table_rows(sections["memory"], "")[1:]}
     assert rows["reverse mode"][-1] > 2 * rows["reverse mode"][0]
@@ -56,7 +60,8 @@ def test_memory_grows_with_depth_for_reverse_mode_only(written):
     assert max(rows["truncated, last 10"]) == min(rows["truncated, last 10"])
 
 
-def test_cleaning_table_has_clean_uniform_and_every_solver(written):
+def test_cleaning_table_columns(written):
+    """At p = 0.5, clean-only training beats uniform weights, and the last column is SABA's median minus clean-only."""
     _, sections = written
     (row,) = _table_rows(sections["cleaning"], "0.5")
     medians = [float(cell.split()[0]) for cell in row[1:7]]
@@ -65,7 +70,7 @@ def test_cleaning_table_has_clean_uniform_and_every_solver(written):
     assert float(row[7]) == pytest.approx(medians[2] - clean, abs=0.051)
 
 
-def test_unknown_study_is_refused(tmp_path):
+def test_unknown_study_raises(tmp_path):
     with pytest.raises(ValueError, match="unknown study 'memroy'"):
         study.write_study("memroy", tmp_path, quick=True)
 

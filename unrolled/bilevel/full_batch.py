@@ -1,14 +1,16 @@
 """Full-batch bilevel baselines: implicit-gradient descent, grid search and random search.
 
-:func:`implicit_gradient_descent` is the deterministic method the stochastic solvers are measured
-against (HOAG-style, Pedregosa 2016, with exact solves): at each step it solves the inner problem to
-a tolerance (warm-started), takes the implicit hypergradient (conjugate gradient warm-started from the
-previous adjoint), and steps h, with a backtracking line search on the outer value by default. It is
-the method for ℓ1 inner problems, whose hypergradient lives on the support.
+:func:`implicit_gradient_descent` is the deterministic baseline for the stochastic solvers. It
+follows HOAG (Pedregosa, 2016), but with exact solves. Each step solves the inner problem to a
+tolerance, warm-started from the previous solution. It then computes the implicit hypergradient by
+conjugate gradient, warm-started from the previous adjoint, and steps h. By default a backtracking
+line search on the outer value sets the step. The stochastic solvers reject an ℓ1 inner term, so
+this is the method for ℓ1 inner problems, whose hypergradient lives on the support of the inner
+solution.
 
 :func:`grid_search` and :func:`random_search` score candidate hyperparameters at their exact inner
-solutions; they need no derivative and scale with the number of candidates, not the dimension of h
-(which is why they serve a single weight, not one weight per feature or sample).
+solutions. They need no derivative, and their cost grows with the number of candidates, not with the
+dimension of h. That is why they serve a single weight, not one weight per feature or sample.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from unrolled.bilevel.hypergradient import implicit_hypergradient
 from unrolled.bilevel.problems import BilevelProblem, LinearModelBilevel
 from unrolled.bilevel.trace import BilevelResult, Recorder
 
-# Halvings of the outer step tried by the line search before the step is taken anyway.
+# Maximum number of halvings of the outer step in the line search, after which the step is taken anyway.
 MAX_HALVINGS = 30
 
 
@@ -46,14 +48,17 @@ def implicit_gradient_descent(
     """Run projected gradient descent on h with implicit hypergradients (see the module docstring).
 
     Args:
-        problem: any bilevel problem (smooth or ℓ1 inner problem).
-        n_iter: outer steps.
-        outer_step: step on h; with ``line_search`` the first step tried, halved until the outer
-            value decreases (Armijo), and doubled for the next iteration after a full step.
-        hyper0: starting h; ``problem.initial_hyper()`` when None.
-        inner_tol: inner residual of each solve.
-        tol: relative residual of each linear system.
-        eval_every: score h every this many iterations.
+        problem: any bilevel problem, with a smooth or an ℓ1 inner problem.
+        n_iter: number of outer steps.
+        outer_step: step size on h. With ``line_search``, it is the first step tried. The step is
+            halved until the outer value decreases enough (Armijo condition with constant 1e-4), at most
+            ``MAX_HALVINGS`` times. It is doubled for the next iteration when the first step tried
+            was accepted.
+        line_search: use the backtracking line search. Without it, every step is ``outer_step``.
+        hyper0: starting h, or ``problem.initial_hyper()`` when None.
+        inner_tol: inner-residual tolerance of each inner solve.
+        tol: relative-residual tolerance of each linear system.
+        eval_every: score h every ``eval_every`` iterations and after the last one.
         hypergradient_norm: record ‖dF/dh‖ at the scored points.
     """
     if n_iter < 1:
@@ -122,15 +127,27 @@ def grid_search(problem: BilevelProblem, grid: Tensor, *, inner_tol: float = 1e-
     return BilevelResult(hyper=best, z=best_z, trace=recorder.trace, method="grid-search")
 
 
-def random_search(problem: BilevelProblem, n_points: int, low: Tensor | float, high: Tensor | float, *, seed: int = 0, inner_tol: float = 1e-9) -> BilevelResult:
-    """Score ``n_points`` hyperparameters drawn uniformly in the box [low, high] (Bergstra & Bengio, 2012) and return the best."""
+def random_search(
+    problem: BilevelProblem,
+    n_points: int,
+    low: Tensor | float,
+    high: Tensor | float,
+    *,
+    seed: int = 0,
+    inner_tol: float = 1e-9,
+) -> BilevelResult:
+    """Score ``n_points`` hyperparameters drawn uniformly from the box [low, high] and return the best.
+
+    This is random search as in Bergstra & Bengio (2012). The draws come from a generator seeded with ``seed``,
+    and the trace has one row per draw, in the order drawn.
+    """
     if n_points < 1:
         raise ValueError(f"n_points must be >= 1, got {n_points}.")
     reference = problem.initial_hyper()
     low = torch.as_tensor(low, dtype=reference.dtype).expand_as(reference)
     high = torch.as_tensor(high, dtype=reference.dtype).expand_as(reference)
     if not bool((low <= high).all()):
-        raise ValueError(f"low must not exceed high, got low={low.tolist()[:5]} and high={high.tolist()[:5]}.")
+        raise ValueError(f"low must not exceed high, got low={low.tolist()[:5]} and high={high.tolist()[:5]} (first 5 entries).")
     generator = torch.Generator().manual_seed(seed)
     draws = torch.rand(n_points, reference.numel(), generator=generator, dtype=reference.dtype)
     result = grid_search(problem, low + (high - low) * draws, inner_tol=inner_tol)

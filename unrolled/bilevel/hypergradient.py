@@ -1,16 +1,20 @@
-r"""Hypergradients :math:`\nabla h \mapsto \mathrm dF(z^*(h), h)/\mathrm dh` of a :class:`~unrolled.bilevel.problems.BilevelProblem`.
+r"""Hypergradients :math:`h \mapsto \mathrm dF(z^*(h), h)/\mathrm dh` of a :class:`~unrolled.bilevel.problems.BilevelProblem`.
 
-Two families, one result type (:class:`Hypergradient`):
+Two families of methods return the same result type, :class:`Hypergradient`.
 
 **Reverse mode through K inner iterations** (:func:`unrolled_hypergradient`; Domke, 2012; Maclaurin
-et al., 2015). The inner problem is solved by K proximal-gradient steps
+et al., 2015). K proximal-gradient steps
 :math:`z_{k+1} = \operatorname{prox}_{\gamma\lambda(h)\|\cdot\|_1}(z_k - \gamma\nabla_z G(z_k, h))`
-and the outer loss at :math:`z_K` is back-propagated to h. The result is the exact gradient of the
-K-step approximation. Cost: K forward steps and K backward steps. Memory: the K iterates and what
-each step saves, so it grows linearly with K. Options: ``truncate=T`` back-propagates through the
-last T steps only (Shaban et al., 2019), memory ∝ T, biased; ``checkpoint_every=c`` stores one
-iterate every c steps and recomputes the others during the backward pass (Griewank & Walther,
-2000), memory ∝ K/c + c, about one extra forward pass of time.
+solve the inner problem, and the outer loss at :math:`z_K` is back-propagated to h. The result is the
+exact gradient of the K-step approximation. It costs K forward steps and K backward steps. It
+stores the K iterates and what each step saves, so its memory grows linearly with K. Two options
+reduce that memory:
+
+- ``truncate=T`` back-propagates through the last T steps only (Shaban et al., 2019). Memory is
+  ∝ T, but the result is biased.
+- ``checkpoint_every=c`` stores one iterate every c steps and recomputes the others during the
+  backward pass (Griewank & Walther, 2000). Memory is ∝ K/c + c, for about one extra forward pass
+  of time.
 
 **Implicit differentiation** (:func:`implicit_hypergradient`; Bengio, 2000; Pedregosa, 2016). At an
 inner solution :math:`\nabla_z G(z^*, h) = 0`, so
@@ -18,18 +22,21 @@ inner solution :math:`\nabla_z G(z^*, h) = 0`, so
 .. math::
     \frac{\mathrm dF}{\mathrm dh} = \nabla_h F - \nabla^2_{hz}G\,v,\qquad \nabla^2_{zz}G\,v = \nabla_z F.
 
-The linear system is solved by conjugate gradient or a Neumann series (:mod:`~unrolled.bilevel.linear_systems`)
-to a relative tolerance, through Hessian-vector products. Cost: one inner solve plus a few tens of
-products. Memory: a handful of vectors, whatever the number of inner iterations. With an ℓ1 inner
-term the solution is differentiable where its support S and signs are locally constant (Bertrand
-et al., 2020); the system is restricted to S, the ℓ1 term adds :math:`\partial_h\lambda(h)\,\operatorname{sign}(z_S)`
-to the cross derivative, and :math:`\mathrm dz/\mathrm dh = 0` off S. Over all coordinates the
-system is singular whenever the smooth part is not strongly convex (more features than samples) and
-gives meaningless values, which ``restrict_to_support=False`` is kept to show.
+Conjugate gradient or a Neumann series (:mod:`~unrolled.bilevel.linear_systems`) solves the linear
+system to a relative tolerance, through Hessian-vector products. The cost is one inner solve plus a
+few tens of products. It stores a handful of vectors, whatever the number of inner iterations.
+
+With an ℓ1 inner term, the solution is differentiable where its support S and signs are locally
+constant (Bertrand et al., 2020). The system is then restricted to S, the ℓ1 term adds
+:math:`\partial_h\lambda(h)\,\operatorname{sign}(z_S)` to the cross derivative, and
+:math:`\mathrm dz/\mathrm dh = 0` off S. Over all coordinates, the system is singular whenever the
+smooth part is not strongly convex, as with more features than samples, and its solution is
+meaningless. ``restrict_to_support=False`` is kept to show this.
 
 The error of an implicit hypergradient is bounded by a constant times the inner residual plus the
-linear-system residual (Pedregosa, 2016, Theorem 1), so both are reported and checked: a residual
-above its tolerance raises a warning that names it, and the result is flagged ``approximate``.
+linear-system residual (Pedregosa, 2016, Theorem 1). Both residuals are therefore reported and
+checked. A residual above its tolerance emits an :class:`ApproximateHypergradientWarning` that names
+it, and the result is flagged ``approximate``.
 """
 
 from __future__ import annotations
@@ -47,17 +54,18 @@ from unrolled.prox import prox_l1
 
 
 LINEAR_SOLVERS = ("cg", "neumann", "direct")
-# The dense solver builds H column by column; above this many unknowns, use an iterative solver.
+# Maximum number of unknowns for the dense solver, which builds H column by column.
+# Larger systems need an iterative solver.
 MAX_DIRECT_DIM = 5000
 
 
 class ApproximateHypergradientWarning(UserWarning):
-    """An inner solve or linear system stopped above its tolerance; the hypergradient is approximate."""
+    """Warning that an inner solve or a linear system stopped above its tolerance, so the hypergradient is approximate."""
 
 
 @dataclass(frozen=True)
 class Hypergradient:
-    """A hypergradient and how it was obtained.
+    """Hypergradient and how it was obtained.
 
     Attributes:
         value: the outer objective F at the inner point used.
@@ -69,7 +77,8 @@ class Hypergradient:
         linear_residual: relative residual of the linear system (implicit methods), else None.
         n_products: Hessian-vector products (implicit) or inner iterations (reverse mode).
         z: the inner point, detached.
-        adjoint: the solution v of the linear system (implicit methods), for a warm start; else None.
+        adjoint: the solution v of the linear system (implicit methods), to warm-start the next
+            call, else None.
     """
 
     value: float
@@ -96,22 +105,24 @@ def implicit_hypergradient(
     restrict_to_support: bool = True,
     adjoint0: Tensor | None = None,
 ) -> Hypergradient:
-    r"""Return the hypergradient by implicit differentiation at an inner solution (see the module docstring).
+    r"""Compute the hypergradient by implicit differentiation at an inner solution (see the module docstring).
 
     Args:
         problem: the bilevel problem.
         hyper: hyperparameters h (1-D).
-        z: an inner solution; solved here to ``inner_tol`` when None.
-        solver: ``cg`` (conjugate gradient), ``neumann`` (Neumann series with step 1/L) or ``direct``
-            (dense H from dim products, then a Cholesky-free solve; small problems only).
+        z: an inner solution, or None to solve for one here to ``inner_tol``.
+        solver: ``cg`` (conjugate gradient), ``neumann`` (Neumann series with step 1/L at h) or
+            ``direct``. The direct solver builds the dense H from one product per unknown and solves
+            it without Cholesky (``torch.linalg.solve``). It accepts at most ``MAX_DIRECT_DIM``
+            unknowns.
         tol: relative residual at which the linear system counts as solved.
-        max_iter: Hessian-vector products allowed to the iterative solvers.
-        inner_tol: the inner residual above which the result is flagged approximate (and the
-            tolerance of the inner solve when z is None).
-        inner_max_iter: Newton steps of the inner solve when z is None.
-        restrict_to_support: with an ℓ1 inner term, solve on the support of z only (the correct
-            system). False solves over all coordinates and warns.
-        adjoint0: starting point of conjugate gradient (the previous call's ``adjoint``).
+        max_iter: maximum number of Hessian-vector products of the iterative solvers.
+        inner_tol: inner residual above which the result is flagged approximate. It is also the
+            tolerance of the inner solve when z is None.
+        inner_max_iter: maximum number of Newton steps of the inner solve when z is None.
+        restrict_to_support: with an ℓ1 inner term, solve on the support of z only, which is the
+            correct system. False solves over all coordinates and warns.
+        adjoint0: starting point of conjugate gradient, typically the previous call's ``adjoint``.
     """
     if solver not in LINEAR_SOLVERS:
         raise ValueError(f"solver must be one of {', '.join(LINEAR_SOLVERS)}, got {solver!r}.")
@@ -130,8 +141,9 @@ def implicit_hypergradient(
             support = (z != 0).to(z.dtype)
         else:
             warnings.warn(
-                "restrict_to_support=False with an ℓ1 inner term: the system uses the Hessian of the smooth part over all "
-                "coordinates, which is singular unless that part is strongly convex; expect meaningless values.",
+                "restrict_to_support=False with an ℓ1 inner term: the linear system uses the Hessian of the smooth part "
+                "over all coordinates, which is singular unless that part is strongly convex, so expect meaningless values. "
+                "Pass restrict_to_support=True for the correct system.",
                 stacklevel=2,
             )
 
@@ -140,7 +152,7 @@ def implicit_hypergradient(
     def matvec(v: Tensor) -> Tensor:
         if support is None:
             return hessian(v)
-        # Identity off the support, where the right-hand side is 0, so that v stays 0 there and H stays invertible.
+        # Use the identity off the support. The right-hand side is 0 there, so v stays 0 and H stays invertible.
         return hessian(v * support) * support + v * (1 - support)
 
     grad_z, grad_h = problem.outer_gradients(z, hyper)
@@ -190,19 +202,20 @@ def unrolled_hypergradient(
     checkpoint_every: int | None = None,
     inner_tol: float | None = None,
 ) -> Hypergradient:
-    r"""Return the hypergradient by reverse mode through ``max_iter`` proximal-gradient steps.
+    r"""Compute the hypergradient by reverse-mode differentiation through ``max_iter`` proximal-gradient steps.
 
     Args:
         problem: the bilevel problem.
         hyper: hyperparameters h (1-D).
-        z0: starting point; the problem's ``initial_inner()`` when None.
+        z0: starting point, or the problem's ``initial_inner()`` when None.
         max_iter: K, the number of inner steps.
-        step_size: γ; 1/L at h when None. It is held constant in the differentiation.
-        truncate: back-propagate through the last T steps only (the first K − T run without a graph);
-            the result is flagged approximate.
-        checkpoint_every: store the iterate every c steps and recompute the steps in between during
-            the backward pass.
-        inner_tol: when given, warn and flag the result approximate if the last iterate's residual is above it.
+        step_size: γ, or 1/L at h when None. It is held constant in the differentiation.
+        truncate: T. Back-propagate through the last T steps only, and run the first K − T steps
+            without a graph. When T < K, the result is flagged approximate.
+        checkpoint_every: c. Store the iterate every c steps and recompute the steps in between
+            during the backward pass.
+        inner_tol: when given, warn and flag the result approximate if the residual of the last
+            iterate is above it.
     """
     problem.check_hyper(hyper)
     if max_iter < 1:
@@ -229,11 +242,11 @@ def unrolled_hypergradient(
             while done < tracked:
                 count = min(checkpoint_every, tracked - done)
                 # The reentrant form recomputes each segment as an ordinary forward pass inside the backward
-                # pass, so its saved tensors are visible to saved-tensor hooks (SavedTensorMemory counts them).
+                # pass. Its saved tensors are therefore visible to saved-tensor hooks, so SavedTensorMemory counts them.
                 z = checkpoint(_proximal_gradient_steps, problem, z, hyper_, step, count, use_reentrant=True)
                 done += count
         value = problem.outer(z, hyper_)
-        # backward() rather than autograd.grad: reentrant checkpointing supports only the former.
+        # Use backward() rather than autograd.grad, because reentrant checkpointing supports only backward().
         value.backward()
         gradient = hyper_.grad
 
@@ -259,7 +272,10 @@ def unrolled_hypergradient(
 
 
 def _proximal_gradient_step(problem: BilevelProblem, z: Tensor, hyper: Tensor, step: float) -> Tensor:
-    """One step :math:`\\operatorname{prox}_{\\gamma\\lambda(h)}(z - \\gamma\\nabla_z G(z, h))`, differentiable in z and h."""
+    r"""Take one step :math:`\operatorname{prox}_{\gamma\lambda(h)}(z - \gamma\nabla_z G(z, h))`, differentiable in z and h.
+
+    Without an ℓ1 inner term, this is a plain gradient step.
+    """
     z = z - step * problem.inner_gradient(z, hyper)
     l1 = problem.inner_l1(hyper)
     return z if l1 is None else prox_l1(z, step * l1)
@@ -272,10 +288,16 @@ def _proximal_gradient_steps(problem: BilevelProblem, z: Tensor, hyper: Tensor, 
 
 
 def _direct_solve(matvec, rhs: Tensor) -> LinearSolve:
-    """Build H column by column from products and solve densely (``torch.linalg.lstsq`` would hide a singular H)."""
+    """Build H column by column from products and solve it densely.
+
+    ``torch.linalg.solve`` is used rather than ``torch.linalg.lstsq``, which would hide a singular H.
+    """
     dim = rhs.numel()
     if dim > MAX_DIRECT_DIM:
-        raise ValueError(f"solver='direct' builds a {dim} × {dim} matrix; above {MAX_DIRECT_DIM} unknowns use solver='cg'.")
+        raise ValueError(
+            f"solver='direct' would build a {dim} × {dim} matrix, but it accepts at most {MAX_DIRECT_DIM} unknowns. "
+            "Use solver='cg'."
+        )
     basis = torch.eye(dim, dtype=rhs.dtype, device=rhs.device)
     H = torch.stack([matvec(column.reshape(rhs.shape)).reshape(-1) for column in basis], dim=1)
     solution = torch.linalg.solve(H, rhs.reshape(-1))
@@ -283,12 +305,12 @@ def _direct_solve(matvec, rhs: Tensor) -> LinearSolve:
     return LinearSolve(solution.reshape(rhs.shape), residual, dim, True)
 
 
-def _check_residual(what: str, residual: float, tol: float) -> bool:
-    """Warn and return True when ``residual`` is above ``tol``."""
+def _check_residual(solve_name: str, residual: float, tol: float) -> bool:
+    """Warn and return True when ``residual`` is above ``tol``. The warning names ``solve_name``."""
     if residual <= tol:
         return False
     warnings.warn(
-        f"the {what} stopped at residual {residual:.3g}, above its tolerance {tol:.3g}: the hypergradient is approximate. "
+        f"the {solve_name} stopped at residual {residual:.3g}, above its tolerance {tol:.3g}, so the hypergradient is approximate. "
         "Give the solver more iterations or a looser tolerance.",
         ApproximateHypergradientWarning,
         stacklevel=3,

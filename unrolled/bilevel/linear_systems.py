@@ -103,15 +103,14 @@ def neumann_series(
     term = b.clone()
     total = b.clone()
     n_iter = 0
-    # Residual b - Hv equals (I - ηH)^{Q+1} b, which is the current term after its update.
-    # NOTE: when max_iter ends the loop, the returned v already includes the last term, so the reported
-    # residual is that of the previous iterate.
+    # The residual b - Hv of v = η Σ_{q≤Q} (I - ηH)^q b is (I - ηH)^{Q+1} b, the next term. The loop stops
+    # before adding the term it measured, so the reported residual is that of the returned v.
     residual = 1.0
     while n_iter < max_iter:
         term = term - step_size * matvec(term)
         n_iter += 1
         residual = float(torch.linalg.vector_norm(term)) / norm_b
-        if residual <= tol:
+        if residual <= tol or n_iter == max_iter:
             break
         total.add_(term)
     return LinearSolve(step_size * total, residual, n_iter, residual <= tol)

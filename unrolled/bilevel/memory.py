@@ -9,7 +9,7 @@ freed. Each storage is counted once, however many saved tensors view it.
 
 The count covers saved tensors only. It excludes parameters, inputs and outputs that the caller
 keeps, and the allocator's cache. On a GPU, ``torch.cuda.max_memory_allocated`` gives the device's
-own peak. NOTE: the bilevel study reports only this saved-tensor count, not the CUDA peak.
+own peak, which the bilevel study does not measure.
 """
 
 from __future__ import annotations

@@ -34,11 +34,14 @@ class Splits:
     dataset: Dataset
 
 
-def split_dataset(name: str, *, val_fraction: float = DEFAULT_VAL_FRACTION, seed: int = 0) -> Splits:
-    """Load ``name`` and split its training part into training and validation samples."""
+def split_dataset(name: str, *, val_fraction: float = DEFAULT_VAL_FRACTION, seed: int = 0, n_samples: int | None = None) -> Splits:
+    """Load ``name`` and split its training part into training and validation samples.
+
+    ``n_samples`` sets the size of ``synthetic`` (see :func:`~unrolled.problems.datasets.load_dataset`).
+    """
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}.")
-    dataset = load_dataset(name, seed=seed)
+    dataset = load_dataset(name, seed=seed, n_samples=n_samples)
     rows = torch.arange(dataset.X_train.shape[0]).numpy()
     stratify = dataset.y_train.numpy() if dataset.classes is not None else None
     train, val = train_test_split(rows, test_size=val_fraction, random_state=seed, stratify=stratify)
@@ -93,29 +96,38 @@ class CleaningTask:
 
 
 def hyper_cleaning(
-    name: str, corruption: float, *, reg_l2: float, seed: int = 0, split_seed: int = 0, device: torch.device | str = "cpu"
+    name: str,
+    corruption: float,
+    *,
+    reg_l2: float,
+    seed: int = 0,
+    split_seed: int = 0,
+    n_samples: int | None = None,
+    device: torch.device | str = "cpu",
 ) -> CleaningTask:
-    """Return data hyper-cleaning on ``mnist5k`` or ``digits`` with a fraction ``corruption`` of training labels replaced.
+    """Return data hyper-cleaning on ``mnist5k``, ``digits`` (multinomial) or ``synthetic`` (logistic, 270,000 samples) with a fraction ``corruption`` of training labels replaced.
 
     A corrupted label is replaced by a uniformly drawn different class
     (:func:`~unrolled.problems.datasets.corrupt_labels`); validation and test labels stay clean.
     ``seed`` draws the corruption and ``split_seed`` the splits, so seeds of one experiment share
-    the data and differ in the noise. ``device`` is where the problem lives.
+    the data and differ in the noise. ``n_samples`` sets the size of ``synthetic``, and ``device``
+    is where the problem lives.
     """
-    if name not in ("mnist5k", "digits"):
-        raise ValueError(f"hyper-cleaning is defined on mnist5k and digits, got {name!r}.")
-    splits = split_dataset(name, seed=split_seed)
+    if name not in ("mnist5k", "digits", "synthetic"):
+        raise ValueError(f"hyper-cleaning is defined on mnist5k, digits and synthetic, got {name!r}.")
+    splits = split_dataset(name, seed=split_seed, n_samples=n_samples)
     noisy, corrupted = corrupt_labels(splits.y_train, corruption, splits.dataset.classes, seed=seed)
+    loss = splits.dataset.loss
     problem = HyperCleaning(
         splits.X_train,
         noisy,
         splits.X_val,
         splits.y_val,
-        "multinomial",
+        loss,
         X_test=splits.X_test,
         y_test=splits.y_test,
         fit_intercept=True,
-        n_classes=splits.dataset.n_classes,
+        n_classes=splits.dataset.n_classes if loss == "multinomial" else None,
         reg_l2=reg_l2,
         device=device,
     )
@@ -134,10 +146,10 @@ def clean_only_error(task: CleaningTask, *, tol: float = 1e-9) -> float:
         problem.y[keep],
         problem.X_val,
         problem.y_val,
-        "multinomial",
+        problem.loss.name,
         X_test=problem.splits["test"][0],
         y_test=problem.splits["test"][1],
-        n_classes=problem.n_outputs,
+        n_classes=problem.n_outputs if problem.loss.name == "multinomial" else None,
         reg_l2=problem.reg_l2,
         device=problem.device,
     )

@@ -14,12 +14,14 @@ r"""Measured studies of the bilevel module, written to ``docs/bilevel.md`` and `
   stocBiO and implicit-gradient descent over 5 seeds (the seed draws the corrupted labels and the
   batches): test error against time, median and 20–80 % band, beside the model trained on the clean
   samples only; and a table for scikit-learn's digits.
+- ``scale``: SABA and SOBA on hyper-cleaning of the synthetic logistic data set, 135,000 training
+  samples and as many hyperparameters.
 - ``network``: ALISTA-16's per-layer steps and thresholds learned as hyperparameters with the full
   reverse-mode hypergradient (end-to-end training), truncated to the last 4 layers, and checkpointed,
   beside the Lasso weight learned by implicit differentiation and solved by FISTA
   (:mod:`unrolled.bilevel.network`), on the 250 × 500 sparse-coding problem at SNR 40 dB.
 
-Run ``python -m unrolled.bilevel.study {accuracy,memory,selection,variance,cleaning,network,all} [--quick] [--output-dir docs]``.
+Run ``python -m unrolled.bilevel.study {accuracy,memory,selection,variance,cleaning,scale,network,all} [--quick] [--output-dir docs]``.
 Each study is a module of this package with ``TITLE``, ``run(quick)``, ``figures(result)`` and ``section(result, header)``.
 Each study rewrites its marked section of ``bilevel.md`` (text outside the markers is kept) and
 its figure. ``--quick`` uses small budgets and digits in place of MNIST, for the tests.
@@ -36,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from unrolled.bilevel.study import accuracy, cleaning, memory, network, selection, variance
+from unrolled.bilevel.study import accuracy, cleaning, memory, network, scale, selection, variance
 from unrolled.files import write_atomic
 from unrolled.report.pages import figure_png, study_header, update_marked_sections
 
@@ -44,7 +46,15 @@ log = logging.getLogger(__name__)
 
 PAGE_FILE = "bilevel.md"
 TAG = "bilevel_study"
-MODULES = {"accuracy": accuracy, "memory": memory, "selection": selection, "variance": variance, "cleaning": cleaning, "network": network}
+MODULES = {
+    "accuracy": accuracy,
+    "memory": memory,
+    "selection": selection,
+    "variance": variance,
+    "cleaning": cleaning,
+    "scale": scale,
+    "network": network,
+}
 STUDIES = tuple(MODULES)
 PAGE_SKELETON = "# Bilevel optimisation: measured studies\n\n" + "\n\n".join(
     f"<!-- {TAG}:{name}:begin -->\n<!-- {TAG}:{name}:end -->" for name in STUDIES

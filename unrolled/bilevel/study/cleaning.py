@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from unrolled.bilevel.full_batch import implicit_gradient_descent
 from unrolled.bilevel.problems import LinearModelBilevel
 from unrolled.bilevel.stochastic import saba, soba, stocbio
-from unrolled.bilevel.study.common import COLORS, quantiles
+from unrolled.bilevel.study.common import COLORS, percent_cell, quantiles
 from unrolled.bilevel.tasks import clean_only_error, hyper_cleaning, uniform_error
 from unrolled.bilevel.trace import BilevelResult, BilevelTrace
 
@@ -154,15 +154,11 @@ def section(results: list[CleaningResult], header: str) -> str:
             "|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for p in setting.corruptions:
-            def cell(values: list[float]) -> str:
-                median, low, high = (float(x) for x in quantiles([[v] for v in values]))
-                return f"{100 * median:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
-
             finals = {name: [trace.test_error[-1] for trace in runs] for name, runs in result.traces[p].items()}
             gap = 100 * (float(torch.tensor(finals["SABA"]).quantile(0.5)) - float(torch.tensor(result.clean_error[p]).quantile(0.5)))
             lines.append(
-                f"| {p} | {cell(result.clean_error[p])} | {cell(result.uniform_error[p])} | {cell(finals['SABA'])} | "
-                f"{cell(finals['SOBA'])} | {cell(finals['stocBiO'])} | {cell(finals['implicit GD'])} | {gap:+.1f} |"
+                f"| {p} | {percent_cell(result.clean_error[p])} | {percent_cell(result.uniform_error[p])} | {percent_cell(finals['SABA'])} | "
+                f"{percent_cell(finals['SOBA'])} | {percent_cell(finals['stocBiO'])} | {percent_cell(finals['implicit GD'])} | {gap:+.1f} |"
             )
         lines += ["", f"![Hyper-cleaning {setting.dataset}](figures/bilevel_cleaning_{setting.dataset}.png)", ""]
     return "\n".join(lines).rstrip()

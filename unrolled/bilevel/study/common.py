@@ -43,3 +43,9 @@ def quantiles(values: list[list[float]]) -> tuple[torch.Tensor, torch.Tensor, to
     table = torch.tensor(values, dtype=torch.float64)
     # quantile(0.5) rather than median(): the latter takes the lower middle value of an even count.
     return table.quantile(0.5, dim=0), table.quantile(0.2, dim=0), table.quantile(0.8, dim=0)
+
+
+def percent_cell(values: list[float]) -> str:
+    """Format fractions over seeds as a table cell: median [20 %, 80 %] in percent."""
+    median, low, high = (float(x) for x in quantiles([[value] for value in values]))
+    return f"{100 * median:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
