@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
 from matplotlib.figure import Figure
 
 from unrolled.bilevel.full_batch import implicit_gradient_descent
@@ -20,7 +19,9 @@ TITLE = "SABA with fixed steps against SOBA"
 @dataclass(frozen=True)
 class VarianceResult:
     optimum: float
+    stationary_weight: float
     traces: dict[str, list[BilevelTrace]]
+    final_weights: dict[str, list[float]]
 
 
 VARIANCE_METHODS: dict[str, Callable[..., BilevelResult]] = {
@@ -31,19 +32,22 @@ VARIANCE_METHODS: dict[str, Callable[..., BilevelResult]] = {
 
 
 def run(quick: bool) -> VarianceResult:
+    """Run each method over seeds, and implicit-gradient descent for the reference weight."""
     problem = regularisation_selection("breast_cancer", per_feature=False)
     reference = implicit_gradient_descent(problem, n_iter=200, eval_every=200)
     n_iter = 4000 if quick else 30_000
     seeds = range(2 if quick else 5)
-    traces = {
-        method: [run(problem, n_iter=n_iter, batch_size=8, outer_step=0.05, eval_every=n_iter // 30, seed=seed).trace for seed in seeds]
-        for method, run in VARIANCE_METHODS.items()
-    }
+    traces, final_weights = {}, {}
+    for method, solver in VARIANCE_METHODS.items():
+        results = [solver(problem, n_iter=n_iter, batch_size=8, outer_step=0.05, eval_every=n_iter // 30, seed=seed) for seed in seeds]
+        traces[method] = [result.trace for result in results]
+        final_weights[method] = [float(result.hyper[0]) for result in results]
     optimum = min([reference.trace.outer_value[-1]] + [min(t.outer_value) for runs in traces.values() for t in runs])
-    return VarianceResult(optimum, traces)
+    return VarianceResult(optimum, float(reference.hyper[0]), traces, final_weights)
 
 
 def plot_variance(result: VarianceResult) -> Figure:
+    """Draw F(z*(h_t)) − F* against oracle calls, median and 20–80 % band per method."""
     figure = Figure(figsize=(6, 3.6), layout="constrained")
     axes = figure.subplots()
     for method, runs in result.traces.items():
@@ -60,21 +64,30 @@ def plot_variance(result: VarianceResult) -> Figure:
 
 
 def section(result: VarianceResult, header: str) -> str:
+    """Render the study's table."""
     lines = [
         header,
         "",
         "One log ℓ2 weight of logistic regression on breast cancer; batches of 8 training and 8 validation samples; "
         "inner step 0.5/L, outer step 0.05 (initial values for SOBA, which decreases them as (1 + t/100)^(-2/5) and "
-        "^(-3/5)). F* is the lowest outer value seen, by 200 steps of implicit-gradient descent or any run.",
+        "^(-3/5)). F* is the lowest outer value seen, by 200 steps of implicit-gradient descent or any run. The outer "
+        "values come from inner solves to residual 1e-7, so gaps below about 1e-8 are at their precision; the distance "
+        f"to the stationary log-weight h* = {result.stationary_weight:.6f} of implicit-gradient descent does not have that floor.",
         "",
-        "| method | seeds | median F − F* at the end | 20 % | 80 % |",
-        "|---|---:|---:|---:|---:|",
+        "| method | seeds | F − F* at the end: median [20 %, 80 %] | \\|h − h*\\| at the end: median [20 %, 80 %] |",
+        "|---|---:|---:|---:|",
     ]
     for method, runs in result.traces.items():
-        final = torch.tensor([trace.outer_value[-1] - result.optimum for trace in runs], dtype=torch.float64)
-        lines.append(f"| {method} | {len(runs)} | {float(final.quantile(0.5)):.1e} | {float(final.quantile(0.2)):.1e} | {float(final.quantile(0.8)):.1e} |")
+        gaps = [trace.outer_value[-1] - result.optimum for trace in runs]
+        distances = [abs(weight - result.stationary_weight) for weight in result.final_weights[method]]
+        lines.append(f"| {method} | {len(runs)} | {_spread(gaps)} | {_spread(distances)} |")
     lines += ["", "![SABA against SOBA](figures/bilevel_variance.png)"]
     return "\n".join(lines)
+
+
+def _spread(values: list[float]) -> str:
+    median, low, high = (float(x) for x in quantiles([[value] for value in values]))
+    return f"{median:.1e} [{low:.1e}, {high:.1e}]"
 
 
 def figures(result: VarianceResult) -> dict[str, Figure]:
