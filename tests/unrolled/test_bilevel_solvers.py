@@ -13,6 +13,7 @@ import torch
 
 from unrolled.bilevel.full_batch import grid_search, implicit_gradient_descent, random_search
 from unrolled.bilevel.hypergradient import implicit_hypergradient
+from unrolled.bilevel.problems import HyperCleaning
 from unrolled.bilevel.stochastic import saba, soba, stocbio
 from unrolled.bilevel.tasks import hyper_cleaning, lasso_selection, regularisation_selection
 
@@ -139,12 +140,22 @@ def test_invalid_inputs_raise():
         soba(problem, n_iter=0)
     with pytest.raises(ValueError, match="ℓ1 inner term"):
         saba(lasso_selection(), n_iter=1)
-    with pytest.raises(FloatingPointError, match=r"saba diverged at iteration \d+"):
-        saba(problem, n_iter=500, batch_size=16, inner_step=1000.0, outer_step=1e6)
-    with pytest.raises(ValueError, match="inner_step must be > 0"):
+    with pytest.raises(ValueError, match=r"inner_step must lie in \(0, 2/L\]"):
+        saba(problem, n_iter=1, inner_step=1000.0)
+    with pytest.raises(ValueError, match=r"inner_step must lie in \(0, 2/L\]"):
         stocbio(problem, n_iter=1, inner_step=-1.0)
+    with pytest.raises(ValueError, match=r"neumann_step must lie in \(0, 2/L\]"):
+        stocbio(problem, n_iter=1, neumann_step=-1.0)
+    with pytest.raises(ValueError, match="outer_step must be a finite number > 0, got -1.0"):
+        soba(problem, n_iter=1, outer_step=-1.0)
+    with pytest.raises(ValueError, match="inner_steps must be >= 1"):
+        stocbio(problem, n_iter=1, inner_steps=0)
     with pytest.raises(ValueError, match=r"grid must have shape \(n_points, n_hyper\)"):
         grid_search(problem, torch.zeros(3))
+    with pytest.raises(ValueError, match=r"low lies outside the hyperparameter domain: the Lasso weight must be one number >= 0"):
+        random_search(lasso_selection(), 5, -3.0, 1.0)
+    with pytest.raises(ValueError, match=r"corruption must lie in \[0, 1\)"):
+        hyper_cleaning("digits", 1.5, reg_l2=0.1)
 
 
 @pytest.mark.gpu
@@ -157,3 +168,21 @@ def test_saba_cuda_matches_cpu():
     assert cuda.hyper.device.type == "cuda"
     torch.testing.assert_close(cuda.hyper.cpu(), cpu.hyper, rtol=0, atol=1e-8)
     assert cuda.trace.test_error == pytest.approx(cpu.trace.test_error, abs=1e-12)
+
+
+class _NaNAfterTenCalls(HyperCleaning):
+    """Hyper-cleaning whose sampled gradients turn NaN after ten calls, to reach the divergence check."""
+
+    calls = 0
+
+    def gradient_coefficients(self, z, hyper, index):
+        self.calls += 1
+        coefficients = super().gradient_coefficients(z, hyper, index)
+        return coefficients * float("nan") if self.calls > 10 else coefficients
+
+
+def test_non_finite_iterate_raises():
+    small = _small_cleaning()
+    problem = _NaNAfterTenCalls(small.X[:, :-1], small.y, small.X_val[:, :-1], small.y_val, "multinomial", fit_intercept=True, n_classes=10, reg_l2=0.1)
+    with pytest.raises(FloatingPointError, match=r"soba diverged at iteration \d+ \(non-finite iterate\)"):
+        soba(problem, n_iter=50, batch_size=16)

@@ -148,6 +148,12 @@ def random_search(
     high = torch.as_tensor(high, dtype=reference.dtype).expand_as(reference)
     if not bool((low <= high).all()):
         raise ValueError(f"low must not exceed high, got low={low.tolist()[:5]} and high={high.tolist()[:5]} (first 5 entries).")
+    # The box is convex, so its corners inside the domain put every draw inside it.
+    for name, corner in (("low", low), ("high", high)):
+        try:
+            problem.check_hyper(corner.clone())
+        except ValueError as error:
+            raise ValueError(f"{name} lies outside the hyperparameter domain: {error}") from error
     generator = torch.Generator().manual_seed(seed)
     draws = torch.rand(n_points, reference.numel(), generator=generator, dtype=reference.dtype)
     result = grid_search(problem, low + (high - low) * draws, inner_tol=inner_tol)

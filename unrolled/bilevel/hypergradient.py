@@ -126,13 +126,16 @@ def implicit_hypergradient(
     """
     if solver not in LINEAR_SOLVERS:
         raise ValueError(f"solver must be one of {', '.join(LINEAR_SOLVERS)}, got {solver!r}.")
-    problem.check_hyper(hyper)
-    hyper = hyper.detach()
+    hyper = _as_hyperparameters(problem, hyper)
     if z is None:
         z = problem.solve_inner(hyper, tol=inner_tol, max_iter=inner_max_iter).z
+        advice = f"Raise inner_max_iter (now {inner_max_iter}) or loosen inner_tol."
+    else:
+        _check_inner_shape(problem, z, "z")
+        advice = "Solve the inner problem further before passing z, or pass z=None to solve it here."
     z = z.detach()
     inner_residual = problem.inner_residual(z, hyper)
-    approximate = _check_residual("inner problem", inner_residual, inner_tol)
+    approximate = _check_residual("inner point", inner_residual, inner_tol, advice)
 
     l1 = problem.inner_l1(hyper)
     support = None
@@ -163,7 +166,7 @@ def implicit_hypergradient(
         linear = neumann_series(matvec, rhs, step_size=1.0 / problem.inner_lipschitz(hyper), tol=tol, max_iter=max_iter)
     else:
         linear = _direct_solve(matvec, rhs)
-    approximate |= _check_residual("linear system", linear.residual, tol)
+    approximate |= _check_residual("linear system", linear.residual, tol, f"Raise max_iter (now {max_iter}) or loosen tol.")
 
     v = linear.solution
     cross = problem.inner_cross(z, hyper, v)
@@ -200,7 +203,7 @@ def unrolled_hypergradient(
     step_size: float | None = None,
     truncate: int | None = None,
     checkpoint_every: int | None = None,
-    inner_tol: float | None = None,
+    inner_tol: float | None = 1e-6,
 ) -> Hypergradient:
     r"""Compute the hypergradient by reverse-mode differentiation through ``max_iter`` proximal-gradient steps.
 
@@ -209,25 +212,33 @@ def unrolled_hypergradient(
         hyper: hyperparameters h (1-D).
         z0: starting point, or the problem's ``initial_inner()`` when None.
         max_iter: K, the number of inner steps.
-        step_size: γ, or 1/L at h when None. It is held constant in the differentiation.
+        step_size: γ in (0, 2/L], or 1/L at h when None. It is held constant in the differentiation.
         truncate: T. Back-propagate through the last T steps only, and run the first K − T steps
             without a graph. When T < K, the result is flagged approximate.
         checkpoint_every: c. Store the iterate every c steps and recompute the steps in between
             during the backward pass.
-        inner_tol: when given, warn and flag the result approximate if the residual of the last
-            iterate is above it.
+        inner_tol: warn and flag the result approximate when the residual of the last iterate is
+            above it, because the result is then the gradient of the K-step approximation rather
+            than of the bilevel problem. None skips the check.
     """
-    problem.check_hyper(hyper)
+    hyper = _as_hyperparameters(problem, hyper)
     if max_iter < 1:
         raise ValueError(f"max_iter must be >= 1, got {max_iter}.")
     if truncate is not None and not 1 <= truncate <= max_iter:
         raise ValueError(f"truncate must lie in 1..max_iter ({max_iter}), got {truncate}.")
     if checkpoint_every is not None and checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}.")
-    hyper = hyper.detach()
-    step = 1.0 / problem.inner_lipschitz(hyper) if step_size is None else float(step_size)
+    lipschitz = problem.inner_lipschitz(hyper)
+    step = 1.0 / lipschitz if step_size is None else float(step_size)
+    if not 0 < step <= 2 / lipschitz:
+        raise ValueError(
+            f"step_size must lie in (0, 2/L] = (0, {2 / lipschitz:.4g}] for the inner iterations to converge, got {step_size}. "
+            "Leave it None for 1/L."
+        )
     tracked = max_iter if truncate is None else truncate
 
+    if z0 is not None:
+        _check_inner_shape(problem, z0, "z0")
     z = problem.initial_inner() if z0 is None else z0.detach().clone()
     with torch.no_grad():
         for _ in range(max_iter - tracked):
@@ -254,7 +265,8 @@ def unrolled_hypergradient(
     inner_residual = problem.inner_residual(z, hyper)
     approximate = truncate is not None and truncate < max_iter
     if inner_tol is not None:
-        approximate |= _check_residual("inner iterations", inner_residual, inner_tol)
+        advice = f"Raise max_iter (now {max_iter}), or use implicit_hypergradient at a solved inner point."
+        approximate |= _check_residual("last inner iterate", inner_residual, inner_tol, advice)
     if truncate is not None and truncate < max_iter:
         method = "truncated"
     else:
@@ -305,14 +317,27 @@ def _direct_solve(matvec, rhs: Tensor) -> LinearSolve:
     return LinearSolve(solution.reshape(rhs.shape), residual, dim, True)
 
 
-def _check_residual(solve_name: str, residual: float, tol: float) -> bool:
-    """Warn and return True when ``residual`` is above ``tol``. The warning names ``solve_name``."""
+def _check_residual(solve_name: str, residual: float, tol: float, advice: str) -> bool:
+    """Warn and return True when ``residual`` is above ``tol``. The warning names ``solve_name`` and gives ``advice``."""
     if residual <= tol:
         return False
     warnings.warn(
-        f"the {solve_name} stopped at residual {residual:.3g}, above its tolerance {tol:.3g}, so the hypergradient is approximate. "
-        "Give the solver more iterations or a looser tolerance.",
+        f"the {solve_name} has residual {residual:.3g}, above its tolerance {tol:.3g}, so the hypergradient is approximate. {advice}",
         ApproximateHypergradientWarning,
         stacklevel=3,
     )
     return True
+
+
+def _as_hyperparameters(problem: BilevelProblem, hyper) -> Tensor:
+    """Return ``hyper`` as a detached tensor in the problem's dtype and device, after the problem's domain check."""
+    reference = problem.initial_hyper()
+    hyper = torch.as_tensor(hyper, dtype=reference.dtype, device=reference.device).detach()
+    problem.check_hyper(hyper)
+    return hyper
+
+
+def _check_inner_shape(problem: BilevelProblem, z: Tensor, name: str) -> None:
+    expected = tuple(problem.initial_inner().shape)
+    if tuple(z.shape) != expected:
+        raise ValueError(f"{name} must have the inner variable's shape {expected}, got {tuple(z.shape)}.")

@@ -36,6 +36,7 @@ must be smooth: an ℓ1 inner term is refused.
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 from torch import Tensor
@@ -132,7 +133,10 @@ def stocbio(
     _check_counts(n_iter, batch_size, problem)
     hyper = _start(problem, hyper0)
     inner_step = _inner_step(problem, hyper, inner_step)
-    neumann_step = 1.0 / problem.inner_lipschitz(hyper) if neumann_step is None else float(neumann_step)
+    neumann_step = 1.0 / problem.inner_lipschitz(hyper) if neumann_step is None else _inner_step(problem, hyper, neumann_step, "neumann_step")
+    _check_outer_step(outer_step)
+    if inner_steps < 1 or neumann_steps < 0:
+        raise ValueError(f"inner_steps must be >= 1 and neumann_steps >= 0, got {inner_steps} and {neumann_steps}.")
     draw = _Batches(problem, batch_size, seed)
     recorder = Recorder(problem, hypergradient_norm=hypergradient_norm)
     eval_every = _eval_every(eval_every, n_iter)
@@ -277,6 +281,7 @@ def _joint_run(
     _check_counts(n_iter, batch_size, problem)
     hyper = _start(problem, hyper0)
     inner_step = _inner_step(problem, hyper, inner_step)
+    _check_outer_step(outer_step)
     draw = _Batches(problem, batch_size, seed)
     recorder = Recorder(problem, hypergradient_norm=hypergradient_norm)
     eval_every = _eval_every(eval_every, n_iter)
@@ -325,12 +330,23 @@ def _start(problem: LinearModelBilevel, hyper0: Tensor | None) -> Tensor:
     return hyper
 
 
-def _inner_step(problem: LinearModelBilevel, hyper: Tensor, inner_step: float | None) -> float:
+def _inner_step(problem: LinearModelBilevel, hyper: Tensor, inner_step: float | None, name: str = "inner_step") -> float:
+    """Return the step of the inner (and linear-system) variable: the default, or the given one after checking it."""
+    lipschitz = problem.inner_lipschitz(hyper)
     if inner_step is None:
-        return DEFAULT_INNER_STEP_SCALE / problem.inner_lipschitz(hyper)
-    if not inner_step > 0:
-        raise ValueError(f"inner_step must be > 0, got {inner_step}.")
+        return DEFAULT_INNER_STEP_SCALE / lipschitz
+    # Gradient steps on an L-smooth function (and on the linear system of its Hessian) diverge beyond 2/L.
+    if not 0 < inner_step <= 2 / lipschitz:
+        raise ValueError(
+            f"{name} must lie in (0, 2/L] = (0, {2 / lipschitz:.4g}] at the starting hyperparameters, got {inner_step}. "
+            f"Leave it None for {DEFAULT_INNER_STEP_SCALE}/L."
+        )
     return float(inner_step)
+
+
+def _check_outer_step(outer_step: float) -> None:
+    if not (math.isfinite(outer_step) and outer_step > 0):
+        raise ValueError(f"outer_step must be a finite number > 0, got {outer_step}.")
 
 
 def _eval_every(eval_every: int | None, n_iter: int) -> int:

@@ -115,6 +115,8 @@ def hyper_cleaning(
     """
     if name not in ("mnist5k", "digits", "synthetic"):
         raise ValueError(f"hyper-cleaning is defined on mnist5k, digits and synthetic, got {name!r}.")
+    if not 0 <= corruption < 1:
+        raise ValueError(f"corruption must lie in [0, 1) (the fraction of training labels replaced), got {corruption}.")
     splits = split_dataset(name, seed=split_seed, n_samples=n_samples)
     noisy, corrupted = corrupt_labels(splits.y_train, corruption, splits.dataset.classes, seed=seed)
     loss = splits.dataset.loss
