@@ -303,6 +303,7 @@ class LinearModelBilevel(BilevelProblem):
         self.dtype = dtype
         self.device = torch.device(device)
         self.fit_intercept = fit_intercept
+
         self.splits: dict[str, tuple[Tensor, Tensor]] = {}
         for split, X, y in (("train", X_train, y_train), ("val", X_val, y_val), ("test", X_test, y_test)):
             if X is None:
@@ -317,16 +318,19 @@ class LinearModelBilevel(BilevelProblem):
             if fit_intercept:
                 X = torch.cat([X, X.new_ones(X.shape[0], 1)], dim=1)
             self.splits[split] = (X, y)
+
         if self.splits["val"][0].shape[1] != self.splits["train"][0].shape[1]:
             raise ValueError(
                 f"training and validation features must have the same width, got {self.splits['train'][0].shape[1]} "
                 f"and {self.splits['val'][0].shape[1]} columns."
             )
+
         self.X, self.y = self.splits["train"]
         self.X_val, self.y_val = self.splits["val"]
         self.n_samples, self.dim = self.X.shape
         self.n_val = self.X_val.shape[0]
         self.n_outputs = self.loss.n_outputs(self.y)
+
         self.penalty_mask = torch.ones(self.dim, 1, dtype=dtype, device=self.device)
         if fit_intercept:
             self.penalty_mask[-1] = 0.0
@@ -355,6 +359,7 @@ class LinearModelBilevel(BilevelProblem):
         return torch.zeros(self.dim, self.n_outputs, dtype=self.dtype, device=self.device)
 
     def _weighted(self, values: Tensor, weights: Tensor | None) -> Tensor:
+        """Multiply per-sample values (n, ...) by the sample weights, or return them unchanged when there are none."""
         return values if weights is None else weights.reshape(-1, *([1] * (values.ndim - 1))) * values
 
     def inner_smooth(self, z: Tensor, hyper: Tensor) -> Tensor:
