@@ -152,8 +152,10 @@ def test_invalid_arguments_raise():
         unrolled_hypergradient(problem, hyper, max_iter=10, step_size=-1.0)
     with pytest.raises(ValueError, match=r"z must have the inner variable's shape \(31, 1\), got \(3,\)"):
         implicit_hypergradient(problem, hyper, torch.zeros(3, dtype=torch.float64))
-    # A list of floats is accepted as hyperparameters.
+    # A list of floats is accepted as hyperparameters, and a bare number where there is one hyperparameter.
     assert implicit_hypergradient(problem, hyper.tolist()).gradient.shape == hyper.shape
+    lasso, lasso_weight = _sparse_lasso()
+    assert implicit_hypergradient(lasso, float(lasso_weight[0])).gradient.shape == (1,)
     with pytest.raises(ValueError, match=r"truncate must lie in 1..max_iter \(10\), got 11"):
         unrolled_hypergradient(problem, hyper, max_iter=10, truncate=11)
     with pytest.raises(ValueError, match="max_iter must be >= 1"):

@@ -144,7 +144,7 @@ def test_invalid_inputs_raise():
         saba(problem, n_iter=1, inner_step=1000.0)
     with pytest.raises(ValueError, match=r"inner_step must lie in \(0, 2/L\]"):
         stocbio(problem, n_iter=1, inner_step=-1.0)
-    with pytest.raises(ValueError, match=r"neumann_step must lie in \(0, 2/L\]"):
+    with pytest.raises(ValueError, match=r"neumann_step must lie in \(0, 2/L\].*Leave it None for 1/L"):
         stocbio(problem, n_iter=1, neumann_step=-1.0)
     with pytest.raises(ValueError, match="outer_step must be a finite number > 0, got -1.0"):
         soba(problem, n_iter=1, outer_step=-1.0)

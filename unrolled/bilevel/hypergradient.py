@@ -333,6 +333,8 @@ def _as_hyperparameters(problem: BilevelProblem, hyper) -> Tensor:
     """Return ``hyper`` as a detached tensor in the problem's dtype and device, after the problem's domain check."""
     reference = problem.initial_hyper()
     hyper = torch.as_tensor(hyper, dtype=reference.dtype, device=reference.device).detach()
+    if hyper.ndim == 0 and reference.numel() == 1:  # A bare number for a problem with one hyperparameter.
+        hyper = hyper.reshape(1)
     problem.check_hyper(hyper)
     return hyper
 

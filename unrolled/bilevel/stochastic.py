@@ -133,7 +133,7 @@ def stocbio(
     _check_counts(n_iter, batch_size, problem)
     hyper = _start(problem, hyper0)
     inner_step = _inner_step(problem, hyper, inner_step)
-    neumann_step = 1.0 / problem.inner_lipschitz(hyper) if neumann_step is None else _inner_step(problem, hyper, neumann_step, "neumann_step")
+    neumann_step = _inner_step(problem, hyper, neumann_step, "neumann_step", default_scale=1.0)
     _check_outer_step(outer_step)
     if inner_steps < 1 or neumann_steps < 0:
         raise ValueError(f"inner_steps must be >= 1 and neumann_steps >= 0, got {inner_steps} and {neumann_steps}.")
@@ -330,16 +330,18 @@ def _start(problem: LinearModelBilevel, hyper0: Tensor | None) -> Tensor:
     return hyper
 
 
-def _inner_step(problem: LinearModelBilevel, hyper: Tensor, inner_step: float | None, name: str = "inner_step") -> float:
-    """Return the step of the inner (and linear-system) variable: the default, or the given one after checking it."""
+def _inner_step(
+    problem: LinearModelBilevel, hyper: Tensor, inner_step: float | None, name: str = "inner_step", default_scale: float = DEFAULT_INNER_STEP_SCALE
+) -> float:
+    """Return a step of the inner or linear-system variable: ``default_scale / L``, or the given one after checking it."""
     lipschitz = problem.inner_lipschitz(hyper)
     if inner_step is None:
-        return DEFAULT_INNER_STEP_SCALE / lipschitz
+        return default_scale / lipschitz
     # Gradient steps on an L-smooth function (and on the linear system of its Hessian) diverge beyond 2/L.
     if not 0 < inner_step <= 2 / lipschitz:
         raise ValueError(
             f"{name} must lie in (0, 2/L] = (0, {2 / lipschitz:.4g}] at the starting hyperparameters, got {inner_step}. "
-            f"Leave it None for {DEFAULT_INNER_STEP_SCALE}/L."
+            f"Leave it None for {default_scale:g}/L."
         )
     return float(inner_step)
 

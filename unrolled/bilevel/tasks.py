@@ -80,10 +80,13 @@ def regularisation_selection(name: str, *, per_feature: bool = True, seed: int =
     )
 
 
-def lasso_selection(*, seed: int = 0) -> LassoSelection:
-    """Return the Lasso-weight selection task on ``diabetes`` (features standardised, target centred)."""
+def lasso_selection(*, seed: int = 0, **kwargs) -> LassoSelection:
+    """Return the Lasso-weight selection task on ``diabetes`` (features standardised, target centred).
+
+    Other keyword arguments (``device``, ``dtype``) go to :class:`LassoSelection`.
+    """
     splits = split_dataset("diabetes", seed=seed)
-    return LassoSelection(splits.X_train, splits.y_train, splits.X_val, splits.y_val, X_test=splits.X_test, y_test=splits.y_test)
+    return LassoSelection(splits.X_train, splits.y_train, splits.X_val, splits.y_val, X_test=splits.X_test, y_test=splits.y_test, **kwargs)
 
 
 @dataclass(frozen=True)

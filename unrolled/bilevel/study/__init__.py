@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m unrolled.bilevel.study",
         description="Run the measured studies of the bilevel module and rewrite their sections of bilevel.md and their figures.",
         epilog="Studies: " + "; ".join(f"{name}: {module.TITLE}" for name, module in MODULES.items())
-        + ". The full studies take from under a minute (accuracy, memory) to about 40 minutes (cleaning) on one CPU core.",
+        + ". The full studies take from about a minute (accuracy, memory) to about 50 minutes (cleaning) on one CPU core.",
     )
     parser.add_argument("study", choices=(*STUDIES, "all"), help="the study to run (all: each in turn)")
     parser.add_argument("--output-dir", default="docs", help="folder whose bilevel.md (its study sections) and figures/ are rewritten (default: docs)")
