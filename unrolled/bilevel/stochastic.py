@@ -26,11 +26,11 @@ The updates are :math:`z \leftarrow z - \rho D_z`, :math:`v \leftarrow v - \rho 
   steps of SGD on z (warm-started), estimates :math:`[\nabla^2_{zz}G]^{-1}\nabla_z F` by a Neumann
   series over ``neumann_steps`` independent mini-batches, and steps h along the estimated hypergradient.
 
-The ℓ2 term of G is deterministic and enters every direction exactly; only the per-sample loss
-terms are sampled, through the coefficient oracles of :class:`LinearModelBilevel` (SABA's tables
-hold k numbers per sample for the gradient and the product, and one for the cross derivative).
+The ℓ2 term of G is deterministic and enters every direction exactly. Only the per-sample loss
+terms are sampled, through the coefficient oracles of :class:`LinearModelBilevel`, so SABA's tables
+hold k numbers per sample for the gradient and the product, and one for the cross derivative.
 Batches are drawn without replacement within a batch from a seeded generator. The inner problem
-must be smooth: an ℓ1 inner term is refused.
+must be smooth, so an ℓ1 inner term raises ``ValueError``.
 """
 
 from __future__ import annotations

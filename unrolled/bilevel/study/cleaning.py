@@ -136,6 +136,7 @@ def plot_cleaning(result: CleaningResult) -> Figure:
             ax.fill_between(grid, 100 * low, 100 * high, color=COLORS[name], alpha=0.25, linewidth=0)
         ax.axhline(100 * float(torch.tensor(result.clean_error[p]).quantile(0.5)), color="black", linestyle=":", label="clean samples only")
         ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_xlim(0, end)
         ax.set_title(f"p = {p}", fontsize="medium")
         ax.set_xlabel("solver time (s)")
     axes[0].set_ylabel("test error (%)")
