@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+import torch
 
 from unrolled.bilevel import study
 
@@ -19,7 +20,14 @@ def written(tmp_path_factory):
     """Run the four fast studies once (about 20 s on one thread) into a page with hand-written text around the markers."""
     output_dir = tmp_path_factory.mktemp("bilevel_study")
     (output_dir / study.PAGE_FILE).write_text("Hand-written introduction.\n\n" + study.PAGE_SKELETON + "\n\nHand-written conclusion.\n")
-    sections = {name: study.write_study(name, output_dir, quick=True) for name in FAST_STUDIES}
+    # A module fixture runs before the function-scoped single_torch_thread, so it sets the thread count
+    # itself: on a loaded 2-core machine, two threads made these studies several times slower.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        sections = {name: study.write_study(name, output_dir, quick=True) for name in FAST_STUDIES}
+    finally:
+        torch.set_num_threads(previous)
     return output_dir, sections
 
 
