@@ -166,7 +166,7 @@ class SparseCodingLasso(BilevelProblem):
         return lambda v: (v @ self.A.T) @ self.A
 
     def inner_hvp(self, z: Tensor, hyper: Tensor, v: Tensor) -> Tensor:
-        return (v @ self.A.T) @ self.A
+        return self.inner_hvp_operator(z, hyper)(v)
 
     def inner_l1(self, hyper: Tensor) -> Tensor:
         return hyper[0]

@@ -285,11 +285,13 @@ def _joint_run(
     draw = _Batches(problem, batch_size, seed)
     recorder = Recorder(problem, hypergradient_norm=hypergradient_norm)
     eval_every = _eval_every(eval_every, n_iter)
+
     z = recorder.score(0, hyper)
     v = torch.zeros_like(z)
     recorder.start()
     recorder.oracle_calls += directions.setup(z, v, hyper)
     per_iteration = batch_size * (3 if problem.per_sample_hyper else 2) + min(batch_size, problem.n_val)
+
     for t in range(1, n_iter + 1):
         direction_z, direction_v, direction_h = directions(z, v, hyper, draw.train(), draw.val())
         rho, gamma = schedule(inner_step, outer_step, t)
@@ -297,10 +299,11 @@ def _joint_run(
         v = v - rho * direction_v
         hyper = problem.project_hyper(hyper - gamma * direction_h)
         recorder.oracle_calls += per_iteration
-        if not bool(torch.isfinite(hyper).all() and torch.isfinite(z).all()):
+
+        if not (torch.isfinite(hyper).all() and torch.isfinite(z).all()):
             raise FloatingPointError(
                 f"{method} diverged at iteration {t} (non-finite iterate) with inner step {inner_step:.3g} and "
-                f"outer step {outer_step:.3g}; lower the steps."
+                f"outer step {outer_step:.3g}. Lower the steps."
             )
         if t % eval_every == 0 or t == n_iter:
             recorder.score(t, hyper)

@@ -39,7 +39,7 @@ class AccuracyCurve:
 
 
 def _accuracy_problems(quick: bool) -> list[tuple[str, BilevelProblem, torch.Tensor, list[int]]]:
-    """The three problems, hyperparameters away from the defaults, and the coordinates checked by finite differences."""
+    """Return the three problems, hyperparameters away from the defaults, and the coordinates checked by finite differences."""
     selection = regularisation_selection("breast_cancer")
     cleaning = hyper_cleaning("digits", 0.5, reg_l2=0.03).problem
     lasso = lasso_selection()

@@ -49,7 +49,7 @@ QUICK_CLEANING_SETTINGS = (CleaningSetting("digits", (0.5,), seeds=2, saba_iter=
 
 
 def cleaning_solvers(setting: CleaningSetting) -> dict[str, Callable[[LinearModelBilevel, int], BilevelResult]]:
-    """The four solvers with the steps the study uses (chosen on MNIST at p = 0.5, seed 0)."""
+    """Return the four solvers with the steps the study uses (chosen on MNIST at p = 0.5, seed 0)."""
     every = max(1, setting.saba_iter // 10)
     return {
         "SABA": lambda p, seed: saba(p, n_iter=setting.saba_iter, batch_size=setting.batch_size, outer_step=SABA_OUTER_STEP, seed=seed, eval_every=every),
