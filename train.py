@@ -17,12 +17,15 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from models.module import NonFiniteLossError
-from models.training import train_from_config
+from models.training import is_first_process, train_from_config
 
 log = logging.getLogger(__name__)
 
 # pytorch-lightning 2.6 warns about its own use of torch's pytree API on every run; nothing to act on.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+# Under DDP, Lightning suggests sync_dist=True for epoch-level logs. Ours are already global: they come
+# from torchmetrics, whose compute() reduces the metric states over ranks.
+warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -33,7 +36,8 @@ def main(cfg: DictConfig) -> float | None:
     except NonFiniteLossError as error:
         log.error("%s", error)
         sys.exit(1)
-    print(f"Run folder: {run_dir}")
+    if is_first_process():
+        print(f"Run folder: {run_dir}")
     return result.get("test_nmse_db")
 
 

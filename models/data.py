@@ -7,7 +7,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from unrolled.problems import Problem
 from unrolled.problems.base import EpochSampler
@@ -30,10 +30,32 @@ class TrainerEpochSampler(EpochSampler):
         return super().__iter__()
 
 
+class RankShard(Sampler[int]):
+    """Indices ``rank``, ``rank + world_size``, ... of a dataset of ``size`` samples, in order.
+
+    Every sample goes to exactly one rank. Unlike :class:`torch.utils.data.DistributedSampler`,
+    nothing is repeated to even out the shards, so sums reduced over ranks (the states of
+    :class:`unrolled.metrics.LayerwiseNMSE`) count each sample once.
+    """
+
+    def __init__(self, size: int, rank: int, world_size: int) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must lie in [0, world_size) = [0, {world_size}), got {rank}.")
+        self.indices = range(rank, size, world_size)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
 class ProblemDataModule(pl.LightningDataModule):
     """Training batches drawn on the fly from the problem's train seed; validation and test sets from theirs.
 
-    Each DDP rank draws from its own stream (the rank enters the seed), so ranks see different samples.
+    Each DDP rank draws from its own stream (the rank enters the seed), so ranks see different
+    samples. The validation and test sets are split between the ranks (:class:`RankShard`), and the
+    metrics, whose states are sums, are reduced over ranks by torchmetrics.
 
     Args:
         problem: the problem to sample.
@@ -58,7 +80,10 @@ class ProblemDataModule(pl.LightningDataModule):
     def _fixed_loader(self, split: str) -> DataLoader:
         y, x = self.problem.fixed_set(split)
         dataset = TensorDataset(y.to(torch.float32), x.to(torch.float32))
-        return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False)
+        if self.trainer is None or self.trainer.world_size == 1:
+            return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False)
+        shard = RankShard(len(dataset), self.trainer.global_rank, self.trainer.world_size)
+        return DataLoader(dataset, batch_size=self.eval_batch_size, sampler=shard)
 
     def val_dataloader(self) -> DataLoader:
         return self._fixed_loader("val")

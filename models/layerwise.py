@@ -28,7 +28,10 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.trainer.states import TrainerFn
 
+from models.trainer import first_rank_only
+
 log = logging.getLogger(__name__)
+log.addFilter(first_rank_only)
 
 STAGE_LR_FACTORS = (1.0, 0.2, 0.02)
 ACTIVE_NMSE_KEY = "val/nmse_db_active"

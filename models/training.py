@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,13 +13,13 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import LearningRateMonitor
 
 from models.data import ProblemDataModule
 from models.hub import CARD_FILE, WEIGHTS_FILE, checkpoints_dir, export_model, load_pretrained, load_run, measure_test_metrics
 from models.layerwise import LayerwiseTraining
 from models.module import UnrolledModule
 from models.runs import check_publish_target, publish, resume_checkpoint
+from models.trainer import build_trainer
 from models.variance_reduced import STOCHASTIC_NETWORKS
 from models.variance_reduced_training import train_variance_reduced
 from unrolled.files import write_atomic
@@ -100,6 +101,17 @@ def load_initial_weights(module: UnrolledModule, source: str) -> dict[str, Any]:
 
 
 RUN_CONFIG_FILE = "run_config.json"
+# Variables through which torchrun, Lightning's DDP launcher and SLURM give a process its rank.
+RANK_VARIABLES = ("RANK", "GROUP_RANK", "NODE_RANK", "LOCAL_RANK", "SLURM_PROCID")
+
+
+def is_first_process() -> bool:
+    """Return whether this process has global rank 0 (or is the only one), from the launchers' variables.
+
+    Readable before the trainer exists, which is when the run's config is recorded: under DDP the
+    other ranks run the same script, and only rank 0 may write the run's files.
+    """
+    return all(os.environ.get(name, "0") == "0" for name in RANK_VARIABLES)
 
 
 def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -127,12 +139,14 @@ def record_or_check_run_config(config: dict[str, Any], run_dir: Path) -> dict[st
     (``command`` and ``config``).
     """
     path = run_dir / RUN_CONFIG_FILE
+    # Under DDP the other ranks only read the record; their command line also carries the launcher's overrides.
     # The thread count changes speed, not results, and publish_overwrite only where the files go,
     # so a resumed run may choose its own.
     current = {key: value for key, value in config.items() if key not in ("resume", "num_threads", "publish_overwrite")}
     if not config.get("resume") or not path.is_file():
         record = {"command": " ".join(sys.argv), "config": current}
-        write_atomic(path, (json.dumps(record, indent=2) + "\n").encode())
+        if is_first_process():
+            write_atomic(path, (json.dumps(record, indent=2) + "\n").encode())
         return record
 
     record = json.loads(path.read_text())
@@ -174,10 +188,7 @@ def train(config: dict[str, Any], run_dir: Path, callbacks: list[pl.Callback], l
     data = ProblemDataModule(problem, **config["data"])
     protocol_callbacks = build_protocol_callbacks(config)
     callbacks = [*callbacks, *protocol_callbacks]
-    if not loggers:
-        # LearningRateMonitor raises at fit start without a logger, so logger=none would fail otherwise.
-        callbacks = [callback for callback in callbacks if not isinstance(callback, LearningRateMonitor)]
-    trainer = pl.Trainer(**config["trainer"], callbacks=callbacks, logger=loggers, default_root_dir=str(run_dir))
+    trainer = build_trainer(config["trainer"], run_dir, callbacks, loggers)
     resume_from = resume_checkpoint(config, run_dir)
     trainer.fit(module, datamodule=data, ckpt_path=str(resume_from) if resume_from else None)
     # Read before trainer.test, which loads the best checkpoint and its recorded time.

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import LearningRateMonitor
 from safetensors.torch import save
 
 from models.hub import CARD_FILE, WEIGHTS_FILE, sha256_file
 from models.runs import resume_checkpoint
+from models.trainer import build_trainer
 from models.variance_reduced import STOCHASTIC_NETWORKS, InstanceDataModule, VarianceReducedModule
 from unrolled.files import write_atomic
 from unrolled.machine import describe_machine
@@ -60,9 +60,7 @@ def train_variance_reduced(
         )
     module = build_variance_reduced_module(config)
     data = InstanceDataModule(steps_per_epoch=config["data"]["steps_per_epoch"])
-    if not loggers:
-        callbacks = [callback for callback in callbacks if not isinstance(callback, LearningRateMonitor)]
-    trainer = pl.Trainer(**config["trainer"], callbacks=callbacks, logger=loggers, default_root_dir=str(run_dir))
+    trainer = build_trainer(config["trainer"], run_dir, callbacks, loggers)
     resume_from = resume_checkpoint(config, run_dir)
     trainer.fit(module, datamodule=data, ckpt_path=str(resume_from) if resume_from else None)
     training_time = module.training_time_s()
