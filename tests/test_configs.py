@@ -13,10 +13,12 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.strategies import DDPStrategy
 
 from models import NETWORKS
 from models.layerwise import LayerwiseTraining
 from models.module import LOSSES, UnrolledModule
+from models.trainer import build_trainer
 from models.training import build_module, build_protocol_callbacks, protocol_name
 from models.variance_reduced import STOCHASTIC_NETWORKS, VarianceReducedModule
 from models.variance_reduced_training import build_variance_reduced_module
@@ -211,7 +213,16 @@ def test_trainer_option(compose_train, trainer, accelerator):
 
 
 def test_trainer_options_listed():
-    assert _options("trainer") == ["cpu", "default", "gpu"]
+    assert _options("trainer") == ["cpu", "ddp", "default", "gpu"]
+
+
+def test_trainer_ddp_builds_ddp_strategy(compose_train, tmp_path):
+    config = _job_config(compose_train(["trainer=ddp", "trainer.accelerator=cpu", "trainer.num_nodes=1"]))
+
+    trainer = build_trainer(config["trainer"], tmp_path, [], [])
+
+    assert isinstance(trainer.strategy, DDPStrategy)
+    assert trainer.world_size == 2
 
 
 def test_callbacks_instantiate(compose_train, tmp_path):
