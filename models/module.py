@@ -13,6 +13,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric, MinMetric
 
 from models.registry import build_network
+from unrolled.compile import compile_or_eager
 from unrolled.metrics import LayerwiseNMSE
 from unrolled.objectives import lasso_objective
 from unrolled.problems import build_problem
@@ -93,6 +94,11 @@ class UnrolledModule(TimedTraining):
         lr_min_ratio: the cosine schedule decays the rate from ``lr`` to ``lr · lr_min_ratio`` over the run.
         lr_schedule: ``"cosine"``, or ``"constant"`` for no scheduler (the layer-wise protocol sets
             the rate of each stage itself).
+        checkpoint_every: activation checkpointing in segments of this many layers during training
+            (see :class:`unrolled.layers.base.UnrolledISTA`); None stores every activation.
+        compile: run the network's forward passes through ``torch.compile``
+            (:func:`unrolled.compile.compile_or_eager`, which falls back to eager mode with a
+            warning when compilation fails). The weights and checkpoints are those of the plain network.
     """
 
     def __init__(
@@ -107,6 +113,8 @@ class UnrolledModule(TimedTraining):
         weight_decay: float = 0.0,
         lr_min_ratio: float = 0.01,
         lr_schedule: str = "cosine",
+        checkpoint_every: int | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if loss not in LOSSES:
@@ -122,10 +130,16 @@ class UnrolledModule(TimedTraining):
             raise ValueError(f"lr must be a positive finite number, got {lr}.")
         if lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}.")
+        if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1):
+            raise ValueError(
+                f"checkpoint_every must be a number of layers >= 1, or null to turn activation checkpointing off; got {checkpoint_every!r}."
+            )
         self.save_hyperparameters()
-        # Training time of the sessions before a resume, restored from the checkpoint.
         self.problem = build_problem(problem)
         self.network = build_network(network, self.problem.A.to(torch.float32), n_layers, **(network_kwargs or {}))
+        self.network.checkpoint_every = checkpoint_every
+        # A plain function, not a module attribute, so that the state dict keeps only the network's own names.
+        self._compiled_network = compile_or_eager(self.network.forward, f"network {network}") if compile else None
         self.val_nmse = LayerwiseNMSE(n_layers)
         self.test_nmse = LayerwiseNMSE(n_layers)
         self.val_nmse_best = MinMetric()
@@ -134,7 +148,13 @@ class UnrolledModule(TimedTraining):
         self.active_layer: int | None = None
 
     def forward(self, y: Tensor) -> Tensor:
-        return self.network(y)
+        return self.run_network(y)
+
+    def run_network(self, y: Tensor, **kwargs: Any) -> Tensor:
+        """Apply the network, through ``torch.compile`` when the module was built with ``compile=True``."""
+        if self._compiled_network is not None:
+            return self._compiled_network(y, **kwargs)
+        return self.network(y, **kwargs)
 
     def lasso(self, x_hat: Tensor, y: Tensor, dtype: torch.dtype | None = None) -> Tensor:
         """Per-sample Lasso objective of the estimate ``x_hat`` with reg ``lasso_reg``, in ``dtype`` (that of ``x_hat`` by default)."""
@@ -153,7 +173,9 @@ class UnrolledModule(TimedTraining):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         y, x = batch
         # With active_layer = k (layer-wise training) the network stops after layer k, so the last output is layer k's.
-        loss = self.compute_loss(self.network(y, n_layers=self.active_layer), x, y)
+        # Only mse_all needs every layer's estimate; the other losses let the earlier ones be freed.
+        x_hats = self.run_network(y, n_layers=self.active_layer, all_layers=self.hparams.loss == "mse_all")
+        loss = self.compute_loss(x_hats, x, y)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"training loss is {loss.item()} at global step {self.global_step} (epoch {self.current_epoch}); "
@@ -167,7 +189,7 @@ class UnrolledModule(TimedTraining):
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         y, x = batch
-        x_hats = self.network(y)
+        x_hats = self.run_network(y)
         self.val_nmse.update(x_hats, x)
         if self.hparams.lasso_reg is not None:
             self.val_lasso.update(self.lasso(x_hats[-1], y, torch.float64))
@@ -196,7 +218,7 @@ class UnrolledModule(TimedTraining):
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         y, x = batch
-        x_hats = self.network(y)
+        x_hats = self.run_network(y)
         self.test_nmse.update(x_hats, x)
         if self.hparams.lasso_reg is not None:
             self.test_lasso.update(self.lasso(x_hats[-1], y, torch.float64))

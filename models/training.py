@@ -56,6 +56,8 @@ def build_module(config: dict[str, Any]) -> UnrolledModule:
         problem=config["problem"],
         loss=model["loss"],
         lasso_reg=model.get("lasso_reg"),
+        checkpoint_every=config.get("checkpoint_every"),
+        compile=bool(config.get("compile")),
         **optim,
     )
 
@@ -101,6 +103,9 @@ def load_initial_weights(module: UnrolledModule, source: str) -> dict[str, Any]:
 
 
 RUN_CONFIG_FILE = "run_config.json"
+# Settings that a resumed run may choose anew: the thread count, compilation and activation
+# checkpointing change speed and memory, not results, and publish_overwrite only where the files go.
+RESUME_MAY_CHANGE = ("resume", "num_threads", "compile", "checkpoint_every", "publish_overwrite")
 # Variables through which torchrun, Lightning's DDP launcher and SLURM give a process its rank.
 RANK_VARIABLES = ("RANK", "GROUP_RANK", "NODE_RANK", "LOCAL_RANK", "SLURM_PROCID")
 
@@ -140,9 +145,7 @@ def record_or_check_run_config(config: dict[str, Any], run_dir: Path) -> dict[st
     """
     path = run_dir / RUN_CONFIG_FILE
     # Under DDP the other ranks only read the record; their command line also carries the launcher's overrides.
-    # The thread count changes speed, not results, and publish_overwrite only where the files go,
-    # so a resumed run may choose its own.
-    current = {key: value for key, value in config.items() if key not in ("resume", "num_threads", "publish_overwrite")}
+    current = {key: value for key, value in config.items() if key not in RESUME_MAY_CHANGE}
     if not config.get("resume") or not path.is_file():
         record = {"command": " ".join(sys.argv), "config": current}
         if is_first_process():

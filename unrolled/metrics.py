@@ -86,11 +86,14 @@ class LayerwiseNMSE(Metric):
                 f"expected x_hats of shape ({self.n_layers}, *{tuple(x.shape)}) for a target of shape "
                 f"{tuple(x.shape)}, got {tuple(x_hats.shape)}."
             )
-        error, reference = squared_errors(x_hats, x.expand_as(x_hats))
-        self.error_sum += error.reshape(self.n_layers, -1).sum(-1)
-        self.sample_db_sum += ratio_db(error, reference).reshape(self.n_layers, -1).sum(-1)
-        self.reference_sum += reference[0].sum()
-        self.n_samples += reference[0].numel()
+        # One layer at a time, so that the float64 copies take the memory of one layer's estimates, not of all.
+        reference = _to_double(x).abs().square().sum(-1)
+        for k, x_hat in enumerate(x_hats):
+            error = squared_errors(x_hat, x)[0]
+            self.error_sum[k] += error.sum()
+            self.sample_db_sum[k] += ratio_db(error, reference).sum()
+        self.reference_sum += reference.sum()
+        self.n_samples += reference.numel()
 
     def compute(self) -> dict[str, Tensor]:
         return {

@@ -76,6 +76,8 @@ def test_hparams_plain_data(small_problem):
         "weight_decay": 0.0,
         "lr_min_ratio": 0.01,
         "lr_schedule": "cosine",
+        "checkpoint_every": None,
+        "compile": False,
     }
 
 

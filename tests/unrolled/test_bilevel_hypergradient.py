@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from unrolled.bilevel.hypergradient import ApproximateHypergradientWarning, implicit_hypergradient, unrolled_hypergradient
-from unrolled.bilevel.memory import SavedTensorMemory
+from unrolled.memory import SavedTensorMemory
 from unrolled.bilevel.problems import LassoSelection
 from unrolled.bilevel.study.common import finite_differences, relative_error
 from unrolled.bilevel.tasks import hyper_cleaning, regularisation_selection

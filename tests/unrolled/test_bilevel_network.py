@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from unrolled.bilevel.hypergradient import implicit_hypergradient, unrolled_hypergradient
-from unrolled.bilevel.memory import SavedTensorMemory
+from unrolled.memory import SavedTensorMemory
 from unrolled.bilevel.network import SparseCodingLasso, fit_network, network_hypergradient
 from unrolled.layers.alista import ALISTA
 from unrolled.problems.base import seeded_generator

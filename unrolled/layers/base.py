@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from unrolled.operators import check_measurements, check_operator
 
@@ -35,7 +36,17 @@ class UnrolledISTA(nn.Module):
     default. Networks with memory (momentum, the Onsager term of AMP) carry a tuple, so they override
     :meth:`initial_state` and :meth:`estimate`. ``support_selection`` turns on the bypass of
     :func:`support_bypass_fraction` in every layer.
+
+    ``checkpoint_every`` (None by default) turns on activation checkpointing when gradients are
+    recorded: the layers run in segments of that many, and each segment keeps only its input
+    state for the backward pass, which runs the segment's forward pass again. A training step then
+    stores ``n_layers / c`` states plus the activations of one segment of ``c`` layers, instead of
+    the activations of every layer, for about one more forward pass of compute. It is a training
+    setting, not part of the architecture, so it is an attribute rather than a constructor
+    argument and is not saved with the weights.
     """
+
+    checkpoint_every: int | None = None
 
     def __init__(self, A: Tensor, n_layers: int, support_selection: bool = False) -> None:
         super().__init__()
@@ -70,18 +81,36 @@ class UnrolledISTA(nn.Module):
         """Apply layer ``k`` (from 0) to ``state`` given measurements ``y``; return the next state."""
         raise NotImplementedError
 
-    def forward(self, y: Tensor, n_layers: int | None = None) -> Tensor:
-        """Return the estimates of layers 1..``n_layers`` (all by default), shape (n_layers, *y.shape[:-1], n)."""
+    def forward(self, y: Tensor, n_layers: int | None = None, all_layers: bool = True) -> Tensor:
+        """Return the estimates of layers 1..``n_layers`` (all by default), shape (n_layers, *y.shape[:-1], n).
+
+        With ``all_layers=False`` only the last estimate is returned, shape (1, *y.shape[:-1], n), and
+        the others are freed as the pass goes, which is what a loss on the last layer needs.
+        """
         check_measurements(y, self.A)
         n_layers = self.n_layers if n_layers is None else n_layers
         if not 1 <= n_layers <= self.n_layers:
             raise ValueError(f"n_layers must lie in [1, {self.n_layers}], got {n_layers}.")
+        segment = self.checkpoint_every if self.checkpoint_every and torch.is_grad_enabled() else n_layers
         state = self.initial_state(y)
+        estimates: list[Tensor] = []
+        for start in range(0, n_layers, segment):
+            stop = min(start + segment, n_layers)
+            if segment < n_layers:
+                state, kept = checkpoint(self._run_layers, start, stop, state, y, all_layers, use_reentrant=False)
+            else:
+                state, kept = self._run_layers(start, stop, state, y, all_layers)
+            estimates.extend(kept)
+        return torch.stack(estimates) if all_layers else self.estimate(state).unsqueeze(0)
+
+    def _run_layers(self, start: int, stop: int, state: Any, y: Tensor, keep_estimates: bool) -> tuple[Any, list[Tensor]]:
+        """Apply layers ``start``..``stop - 1``; return the state after them and, if asked, each layer's estimate."""
         estimates = []
-        for k in range(n_layers):
+        for k in range(start, stop):
             state = self.layer(k, state, y)
-            estimates.append(self.estimate(state))
-        return torch.stack(estimates)
+            if keep_estimates:
+                estimates.append(self.estimate(state))
+        return state, estimates
 
 
 def per_layer(value: float, n_layers: int, dtype: torch.dtype) -> nn.Parameter:

@@ -2,7 +2,7 @@ r"""Measured studies of the bilevel module, written to ``docs/bilevel.md`` and `
 
 - ``accuracy``: every hypergradient against central finite differences on three real problems, and
   the error of implicit and reverse-mode hypergradients as the inner solve tightens.
-- ``memory``: peak memory of the tensors that autograd saves (:class:`~unrolled.bilevel.memory.SavedTensorMemory`)
+- ``memory``: peak memory of the tensors that autograd saves (:class:`~unrolled.memory.SavedTensorMemory`)
   for reverse mode, checkpointed and truncated reverse mode, and implicit differentiation, against
   the number of inner steps K, on hyper-cleaning of MNIST (7,850 inner unknowns).
 - ``selection``: per-feature ℓ2 weights of logistic regression (breast cancer, digits) by

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from matplotlib.figure import Figure
 
 from unrolled.bilevel.hypergradient import ApproximateHypergradientWarning, implicit_hypergradient, unrolled_hypergradient
-from unrolled.bilevel.memory import SavedTensorMemory
+from unrolled.memory import SavedTensorMemory
 from unrolled.bilevel.study.common import timed
 from unrolled.bilevel.tasks import hyper_cleaning
 

@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 
 from unrolled.bilevel.full_batch import implicit_gradient_descent
 from unrolled.bilevel.hypergradient import ApproximateHypergradientWarning
-from unrolled.bilevel.memory import SavedTensorMemory
+from unrolled.memory import SavedTensorMemory
 from unrolled.bilevel.network import SparseCodingLasso, fit_network, network_hypergradient
 from unrolled.bilevel.study.common import timed
 from unrolled.layers.alista import ALISTA
