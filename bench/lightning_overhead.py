@@ -1,7 +1,7 @@
 r"""Training throughput of the project's LightningModule under ``pl.Trainer`` against a plain PyTorch loop.
 
 Each network (ALISTA and LISTA-CP by default, 16 layers) is trained three ways on the same data,
-each way in a fresh process-local run of ``warm-up + timed`` optimizer steps:
+each in a fresh run of ``warm-up + timed`` optimizer steps:
 
 - *plain PyTorch*: a hand-written loop over the same ``ProblemDataModule`` train loader. It runs
   the module's network and :meth:`~models.module.UnrolledModule.compute_loss`, then ``zero_grad``,
@@ -12,10 +12,10 @@ each way in a fresh process-local run of ``warm-up + timed`` optimizer steps:
   validation. It shows the cost of Lightning's loop and of the module's ``training_step`` (the
   non-finite loss check and ``self.log``).
 - *Lightning, train.py config*: the trainer, callbacks and logger that ``train.py`` builds from
-  ``conf/train.yaml`` (composed by Hydra, built by :func:`models.trainer.build_trainer`): both
-  ``ModelCheckpoint`` callbacks, ``LearningRateMonitor``, the ``TQDMProgressBar`` (refresh rate
-  20, drawn on stderr), the ``CSVLogger`` with ``log_every_n_steps: 50``, and validation at the end
-  of the epoch.
+  ``conf/train.yaml``, composed by Hydra and built by :func:`models.trainer.build_trainer`. These
+  are both ``ModelCheckpoint`` callbacks, ``LearningRateMonitor``, the ``TQDMProgressBar``
+  (refresh rate 20, drawn on stderr here and on stdout in train.py), the ``CSVLogger`` with
+  ``log_every_n_steps: 50``, and validation at the end of the epoch.
 
 The module, data module and problem are built as :func:`models.training.train` builds them,
 after ``pl.seed_everything(seed)``. Every run is one epoch: ``data.steps_per_epoch`` and
@@ -30,8 +30,8 @@ plain loop stamps the same points. Trainer construction, the validation sanity c
 ``configure_optimizers`` and the first, slower steps fall outside the window, because they cost
 a fixed time per run, not per sample, and would make the ratio depend on the run length. With
 100 timed steps, the window of the train.py config contains two logging steps of
-``log_every_n_steps: 50`` and one write of the CSV file (``CSVLogger`` writes every 100 steps),
-the same shares as in a long run.
+``log_every_n_steps: 50`` and one write of the CSV file (``CSVLogger`` writes every 100 steps by
+default in pytorch-lightning 2.6), the same shares as in a long run.
 
 Two costs outside the window are measured apart and shown in the table:
 
@@ -51,8 +51,8 @@ the same order, so a change of machine load affects all three alike, and each fi
 over rounds. Every round also checks that the three ways trained the same thing: the same number
 of Adam steps and the same final learning rate (it raises otherwise), and the largest absolute
 difference between the final weights of the plain loop and of each Lightning run, shown in the
-notes. On a CPU these runs compute the same operations in the same order, so the weights agree
-to float32 rounding or exactly.
+notes. On a CPU the three runs compute the same operations in the same order, and in the tests
+(``tests/test_bench_lightning.py``) their final weights agree exactly.
 
 Run alone with ``python -m bench.lightning_overhead`` (``--help`` lists the options). The last
 line printed gives, per network, Lightning's samples/s over the plain loop's, for the train.py
@@ -66,11 +66,12 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
+import sys
 import tempfile
 import time
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,7 +150,7 @@ class RunRecord:
 
 @dataclass
 class Setup:
-    """What every run of one network shares: sizes, device and the composed train.py config."""
+    """Sizes, device and config overrides shared by every run of one network."""
 
     network: str
     warmup_steps: int
@@ -235,12 +236,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> BenchmarkResult:
     """Train every selected network the three ways in interleaved rounds and return the table."""
-    check_repeats(args.repeats)
-    if args.lightning_timed_steps < 1 or args.lightning_warmup_steps < 1:
-        raise ValueError(
-            f"--lightning-timed-steps and --lightning-warmup-steps must be >= 1, "
-            f"got {args.lightning_timed_steps} and {args.lightning_warmup_steps}."
-        )
+    _check_arguments(args)
     device = torch.device(args.device)
     setups = [_build_setup(network, args, device) for network in args.lightning_networks]
     # Sizes as train.py resolves them, read from the config of the first network.
@@ -291,6 +287,18 @@ def run(args: argparse.Namespace) -> BenchmarkResult:
         "i.e. Lightning adds under 10%)"
     )
     return result
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    check_repeats(args.repeats)
+    for option in ("lightning_timed_steps", "lightning_warmup_steps", "lightning_batch_size", "lightning_layers"):
+        value = getattr(args, option)
+        if value is not None and value < 1:
+            raise ValueError(f"--{option.replace('_', '-')} must be >= 1, got {value}.")
+    if args.lightning_size is not None and min(args.lightning_size) < 1:
+        raise ValueError(f"--lightning-size must be two positive integers M N, got {args.lightning_size}.")
+    if not args.lightning_networks:
+        raise ValueError("--lightning-networks needs at least one model config name.")
 
 
 def _build_setup(network: str, args: argparse.Namespace, device: torch.device) -> Setup:
@@ -395,6 +403,7 @@ def _train_plain(setup: Setup, module: UnrolledModule, data: ProblemDataModule) 
     started = time.perf_counter()
     module.to(device)
     module.train()
+
     hparams = module.hparams
     optimizer = torch.optim.Adam(module.network.parameters(), lr=hparams.lr, weight_decay=hparams.weight_decay)
     # The schedule of with_lr_schedule: estimated_stepping_batches is max_steps in these one-epoch runs.
@@ -403,6 +412,7 @@ def _train_plain(setup: Setup, module: UnrolledModule, data: ProblemDataModule) 
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             optimizer, T_max=setup.total_steps, eta_min=hparams.lr * hparams.lr_min_ratio
         )
+
     stamps = {}
     non_blocking = device.type == "cuda"
     for step, (y, x) in enumerate(data.train_dataloader()):
@@ -414,6 +424,7 @@ def _train_plain(setup: Setup, module: UnrolledModule, data: ProblemDataModule) 
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
+
         if step == 0:
             stamps["first_step_end"] = _stamp(device)
         if step == setup.warmup_steps - 1:
@@ -441,7 +452,8 @@ def _train_lightning(
         callbacks = [*config["callbacks"], *build_protocol_callbacks(config), clock]
         loggers = config["loggers"]
 
-    with _quiet_lightning():
+    # TQDMProgressBar draws on sys.stdout, which carries only the benchmark's table.
+    with _quiet_lightning(), redirect_stdout(sys.stderr):
         started = time.perf_counter()
         trainer = build_trainer(options, run_dir, callbacks, loggers)
         trainer.fit(module, datamodule=data)

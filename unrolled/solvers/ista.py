@@ -276,22 +276,25 @@ def fista(
             costs matrix products. The result then also carries ``gap``, ``converged`` and
             ``n_iter_per_sample``.
         check_every: iterations between two gap checks; :math:`x_0` is checked too. A check
-            costs one product :math:`A^\top(y - Ax_k)` on the running samples, half an iteration,
-            so ``check_every = 10`` adds 5 % to the iterations and stops a sample at most 9
-            iterations after it meets the rule.
+            costs one product :math:`A^\top(y - Ax_k)` on the running samples, about half an
+            iteration, and stops a sample at most ``check_every - 1`` iterations after it meets
+            the rule.
         restart: adaptive restart of the momentum, decided per sample after every iteration
             (O'Donoghue, Candès, "Adaptive restart for accelerated gradient schemes", Found.
-            Comput. Math. 15, 2015, section 3.2). ``"gradient"`` restarts when
+            Comput. Math. 15, 2015, arXiv:1204.3982). ``"gradient"`` restarts when
             :math:`(z_k - x_k)^\top(x_k - x_{k-1}) > 0`, that is when the proximal-gradient step
             from the extrapolated point goes against the momentum; ``"function"`` restarts when
             :math:`F(x_k) > F(x_{k-1})`. A restart sets that sample's :math:`t_{k+1}` to 1, so its
-            next step starts from :math:`z_{k+1} = x_k` without momentum. Where the Lasso is
-            locally strongly convex (once the support is identified) restarted FISTA converges
-            linearly, at a rate that depends on :math:`\sqrt{\mu/L}` rather than on
-            :math:`\mu/L`; plain FISTA oscillates there. The tests cost
-            :math:`O(n)` per sample (the function test reads :math:`Ax_k`, which is at hand).
-            None (the default) runs plain FISTA, with the iterates of the version without these
-            options.
+            next step starts from :math:`z_{k+1} = x_k` without momentum. Both tests are
+            heuristics without a general convergence proof. The paper's analysis shows that in
+            many cases they recover the optimal linear rate of strongly convex problems without
+            knowing the strong convexity constant, and the Lasso is locally strongly convex once
+            the support is found (when A restricted to it has full column rank). On the reference
+            problem (250 × 500, SNR 40 dB, reg 0.00215), gradient restart needs about three times
+            fewer iterations than plain FISTA to a relative gap of 1e-6 (``bench.lasso_vs_sklearn``).
+            Each test costs :math:`O(m + n)` per sample and no product with A. None, the default,
+            runs plain FISTA; with ``gap_tol = 0`` too, the iterates are bit for bit those of
+            FISTA without these options.
 
     With ``tol`` as well, the run stops as soon as every running sample meets the relative-change
     rule; samples frozen by the gap rule then keep their stored iterate.
