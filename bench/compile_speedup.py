@@ -42,6 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--compile-networks", nargs="+", default=list(DEFAULT_NETWORKS),
         help=f"registered networks to compile (default {' '.join(DEFAULT_NETWORKS)})",
     )
+    parser.add_argument(
+        "--compile-backend", default="inductor",
+        help="torch.compile backend (default inductor, the one train.py's compile=true uses; aot_eager skips code generation)",
+    )
 
 
 def _first_call_s(function) -> tuple[float, bool]:
@@ -70,14 +74,14 @@ def run(args: argparse.Namespace) -> BenchmarkResult:
         settings={
             "networks": args.compile_networks, "n_layers": N_LAYERS, "m": 250, "n": 500, "forward_batch": FORWARD_BATCH,
             "train_batch": TRAIN_BATCH, "repeats": args.repeats, "device": str(device), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
+            "backend": args.compile_backend, "torch": torch.__version__,
         },
         columns=["network", "pass", "compile time (s)", "eager (ms)", "compiled (ms)", "speed-up"],
     )
     speedups = []
     for name in args.compile_networks:
         network = build_network(name, A, N_LAYERS)
-        compiled = compile_or_eager(network, f"network {name}")
+        compiled = compile_or_eager(network, f"network {name}", backend=args.compile_backend)
 
         def forward(function=network) -> None:
             with torch.no_grad():

@@ -12,9 +12,9 @@ which is scikit-learn's objective :math:`\tfrac1{2m}\|y - Aw\|^2 + \alpha\|w\|_1
 Two values of ``reg``, both from the grid of the comparison reports
 (:data:`unrolled.report.DEFAULT_REG_GRID`): 0.00215, FISTA's best ``reg`` on this problem at SNR
 40 dB (see :mod:`bench.unrolled_vs_fista`), whose solutions have about 180 non-zeros of 500, and
-0.01, with about 90. Coordinate descent gains from sparsity (its gap safe screening drops the zero
-coordinates, and fewer epochs are needed), while a FISTA iteration costs the same dense products
-whatever the support, so the second value shows how the ratio moves with sparsity.
+0.01, with about 90. Coordinate descent gains from sparsity: its gap safe screening drops the zero
+coordinates, and it needs fewer epochs. A FISTA iteration costs the same dense products whatever
+the support. The second value therefore shows how the ratio moves with sparsity.
 
 Common target: every solver must return, for every problem, an x whose relative duality gap
 :math:`\mathrm{gap}(x) / F(0)`, with :math:`F(0) = \tfrac12\|y\|^2`, is at most 1e-6. The gap is

@@ -67,7 +67,8 @@ def _training_step(network: torch.nn.Module, y: torch.Tensor, x: torch.Tensor) -
     loss.backward()
 
 
-def _step_peak(network: torch.nn.Module, y: torch.Tensor, x: torch.Tensor, device: torch.device) -> int:
+def training_step_peak(network: torch.nn.Module, y: torch.Tensor, x: torch.Tensor, device: torch.device) -> int:
+    """Return the peak memory in bytes of one training step (loss on the last layer) above its start."""
     with PeakMemory(device) as meter:
         _training_step(network, y, x)
     return meter.peak_bytes
@@ -109,7 +110,7 @@ def run(args: argparse.Namespace) -> BenchmarkResult:
             y, x = y_all[:batch], x_all[:batch]
             for checkpoint_every in (None, args.checkpoint_every):
                 network.checkpoint_every = checkpoint_every
-                peak = _step_peak(network, y, x, device)
+                peak = training_step_peak(network, y, x, device)
                 peaks[depth, batch, checkpoint_every] = peak
                 log.info("%s layers %d batch %d checkpoint_every %s: %.1f MiB", NAME, depth, batch, checkpoint_every, peak / MIB)
                 result.rows.append([

@@ -96,5 +96,5 @@ def lasso_duality_gap(
         scale = 1.0 / violation.amax(-1).clamp_min(1.0)
         l1_term = (reg * x.abs()).sum(-1)
     residual_term = 0.5 * (1.0 - scale).square() * torch.linalg.vector_norm(residual, dim=-1).square()
-    # -s x^T c = s x^T minus_c; minus_c is not needed any more, so the product overwrites it.
+    # -s x^T c = s x^T minus_c, and minus_c is not needed any more, so the product overwrites it.
     return residual_term + l1_term + scale * minus_c.mul_(x).sum(-1)

@@ -80,8 +80,8 @@ def test_gap_zero_at_sklearn_solution():
 
 
 def test_gap_matches_sklearn_dual_gap():
-    # scikit-learn reports the gap of its objective, which is ours divided by m; tol 1e-4 stops it
-    # far from the optimum, so the gaps are well above rounding.
+    # scikit-learn reports the gap of its objective, which is ours divided by m. Its tol 1e-4 stops
+    # it far from the optimum, so the gaps are well above rounding.
     A, y = _lasso_data(40, 80, batch=10, seed=4)
     reg = 0.02
     x, sklearn_gap = _sklearn_solution(A, y, reg, tol=1e-4)
@@ -175,12 +175,12 @@ def test_gap_leading_dimensions_and_dtype():
 
     shaped = lasso_duality_gap(x.reshape(2, 3, 40), y.reshape(2, 3, 20), A, 0.05)
     single = lasso_duality_gap(x.float(), y.float(), A.float(), 0.05)
-    kept = lasso_duality_gap(x.float(), y.float(), A.float(), 0.05, dtype=None)
+    in_float32 = lasso_duality_gap(x.float(), y.float(), A.float(), 0.05, dtype=None)
 
     assert shaped.shape == (2, 3)
     torch.testing.assert_close(shaped.reshape(-1), flat, rtol=1e-14, atol=0)
     assert single.dtype == torch.float64
-    assert kept.dtype == torch.float32
+    assert in_float32.dtype == torch.float32
     torch.testing.assert_close(single, flat, rtol=1e-4, atol=1e-6)
 
 
@@ -287,7 +287,7 @@ def test_fista_default_result_has_no_gap_fields():
 
 
 def test_fista_plain_matches_reference_recursion():
-    # The textbook recursion with the same step; the solver forms A z by linearity, so they agree
+    # The textbook recursion with the same step. The solver forms A z by linearity, so the two agree
     # up to rounding only.
     A, y = _lasso_data(20, 40, batch=4, seed=27)
     reg, step = 0.02, 0.1
@@ -341,7 +341,7 @@ def test_fista_unconverged_samples_report_gap():
     torch.testing.assert_close(result.x, fista(A, y, reg, max_iter=25).x, rtol=0, atol=1e-12)
 
 
-def test_fista_gap_rule_leading_dimensions_and_per_sample_reg():
+def test_fista_gap_rule_batch_shapes():
     A, y = _lasso_data(30, 60, batch=6, seed=31)
     reg = torch.tensor([0.005, 0.02, 0.1], dtype=torch.float64).reshape(1, 3, 1).expand(2, 3, 1)
 

@@ -90,10 +90,10 @@ def matmul_into(out: Tensor, x: Tensor, M: Tensor) -> Tensor:
 class SolverResult:
     """Final iterate, the number of iterations run, and the trace when one was requested.
 
-    The last three fields are set by :func:`fista` with ``gap_tol > 0`` and have the batch shape:
-    ``gap`` is the relative duality gap of each returned sample (see ``gap_tol``), ``converged``
-    whether it met ``gap_tol``, and ``n_iter_per_sample`` the iterations it ran before it was frozen,
-    or ``n_iter`` for the samples that ran to the end.
+    :func:`fista` sets the last three fields when ``gap_tol > 0``, with the batch shape. ``gap`` is
+    the relative duality gap of each returned sample (see ``gap_tol``) and ``converged`` whether it
+    met ``gap_tol``. ``n_iter_per_sample`` counts the iterations each sample ran before it was
+    frozen, ``n_iter`` for the samples that ran to the end.
     """
 
     x: Tensor
@@ -297,7 +297,7 @@ def fista(
             FISTA without these options.
 
     With ``tol`` as well, the run stops as soon as every running sample meets the relative-change
-    rule; samples frozen by the gap rule then keep their stored iterate.
+    rule. The samples frozen earlier by the gap rule keep their stored iterate.
     """
     _check_fista_options(gap_tol, check_every, restart)
     reg, x, Ax = _prepare(A, y, reg, x0, max_iter)
@@ -474,7 +474,7 @@ class _GapStopping:
         residual = torch.sub(rows.Ax, rows.y, out=rows.residual)
         gap = lasso_duality_gap(rows.x, rows.y, self.A, rows.reg, residual)
         scale = self.scale[rows.index]
-        # A sample with y = 0 has F(0) = 0; its absolute gap is reported instead.
+        # A sample with y = 0 has F(0) = 0, so its absolute gap is reported instead.
         return torch.where(scale > 0, gap / torch.where(scale > 0, scale, 1.0), gap)
 
     def check(self, rows: _FistaRows, n_iter: int) -> None:
