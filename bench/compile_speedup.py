@@ -1,8 +1,8 @@
 """Speed-up of ``torch.compile`` on the unrolled networks: inference and training step, eager against compiled.
 
-For each network (16 layers on the 250 × 500 reference problem, float32): the forward pass on
-a batch of 1,000 test samples under ``torch.no_grad``, and a training step on a batch of 256
-(forward pass with the loss on the last layer, mean squared error, backward pass). The compiled
+Each network has 16 layers on the 250 × 500 reference problem, in float32. Two passes are timed:
+the forward pass on a batch of 1,000 test samples under ``torch.no_grad``, and a training step on
+a batch of 256 (forward pass with the loss on the last layer, mean squared error, backward pass). The compiled
 versions come from :func:`unrolled.compile.compile_or_eager` with torch's default backend
 (inductor), as ``compile=true`` in train.py uses it. Compilation time, the first call of each
 compiled function, is reported apart; then eager and compiled calls are timed side by side in

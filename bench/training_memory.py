@@ -1,8 +1,8 @@
 """Peak memory of a training step against depth and batch size, with and without activation checkpointing.
 
-One training step of ALISTA on a large sparse-coding problem (2,000 × 4,000 by default, 64 times
-the entries of the 250 × 500 reference): forward pass with the loss on the last layer only (as
-``loss=mse_last`` trains), mean squared error, backward pass. ALISTA's weight W is analytic and
+The step is that of ALISTA on a large sparse-coding problem, 2,000 × 4,000 by default (64 times
+the entries of the 250 × 500 reference). It is a forward pass with the loss on the last layer only
+(as ``loss=mse_last`` trains), the mean squared error and a backward pass. ALISTA's weight W is analytic and
 fixed, so the step stores no weight gradient of the size of A, and what grows with depth and batch
 is the activations. Each configuration is measured once with :class:`unrolled.memory.PeakMemory`:
 on the CPU the rise of the process's peak resident set above its level before the step, on a

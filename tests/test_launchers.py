@@ -1,8 +1,8 @@
 """Hydra launchers of train.py: joblib for local parallel sweeps, submitit for SLURM.
 
 The SLURM test runs a real sweep through Hydra's submitit plugin with stand-in ``srun``, ``sbatch``
-and ``sacct`` executables on PATH: ``sbatch`` keeps the job script that submitit generated, and
-``sacct`` reports the jobs as failed, so the sweep ends without a cluster.
+and ``sacct`` executables on PATH. The stand-in ``sbatch`` keeps the job script that submitit
+generated, and ``sacct`` reports the jobs as failed, so the sweep ends without a cluster.
 """
 
 from __future__ import annotations

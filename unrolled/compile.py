@@ -1,8 +1,8 @@
 """``torch.compile`` with a fallback to eager mode, for the networks and the solvers.
 
 Compilation can fail where eager mode works: no C++ compiler for inductor's CPU kernels, an
-operation that dynamo cannot trace, an unsupported platform. A researcher who asked for speed
-should then get correct results at eager speed and a warning that says why, not a crash.
+operation that dynamo cannot trace, an unsupported platform. The caller then gets correct results at
+eager speed and a warning with the compiler's error, not a crash.
 """
 
 from __future__ import annotations

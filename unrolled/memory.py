@@ -1,8 +1,8 @@
 """Peak-memory meters: the tensors that autograd keeps for a backward pass, and a whole block's peak.
 
 :class:`PeakMemory` measures how far memory rises above its level at the start of a block: the
-allocator's peak on a CUDA device, the process's peak resident set on a Linux CPU. It sees every
-allocation, activation checkpointing included, and is what the training memory benchmark reports.
+allocator's peak on a CUDA device, the process's peak resident set on a Linux CPU. It counts every
+allocation, activation checkpointing included, and the training memory benchmark reports it.
 
 :class:`SavedTensorMemory` counts only the tensors that pass through autograd's pack hook.
 Reverse-mode hypergradients keep, for every inner step, the tensors that the step saves for its

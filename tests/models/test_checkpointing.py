@@ -36,7 +36,8 @@ def test_checkpointing_same_gradients(single_torch_thread, name, checkpoint_ever
 
     assert last.shape == (1, 8, 40)
     torch.testing.assert_close(last[0], x_hats[-1], rtol=0, atol=0)
-    assert grads.keys() == expected.keys() and grads
+    assert grads
+    assert grads.keys() == expected.keys()
     for key, grad in expected.items():
         assert torch.isfinite(grad).all(), key
         torch.testing.assert_close(grads[key], grad, rtol=1e-6, atol=1e-7, msg=key)

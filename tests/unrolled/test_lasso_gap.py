@@ -416,3 +416,19 @@ def test_fista_invalid_options_rejected(options, message):
 
     with pytest.raises(ValueError, match=message):
         fista(A, y, 0.02, max_iter=10, **options)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("restart", [None, "gradient", "function"])
+def test_fista_gap_rule_cuda_matches_cpu(restart):
+    A, y = _lasso_data(40, 80, batch=16, seed=36)
+    reg = 0.02
+
+    cpu = fista(A, y, reg, max_iter=20_000, gap_tol=1e-6, restart=restart)
+    cuda = fista(A.cuda(), y.cuda(), reg, max_iter=20_000, gap_tol=1e-6, restart=restart)
+
+    assert cuda.x.device.type == "cuda"
+    assert bool(cuda.converged.all())
+    assert float(_relative(lasso_duality_gap(cuda.x.cpu(), y, A, reg), y).max()) <= 1e-6
+    torch.testing.assert_close(cuda.x.cpu(), cpu.x, rtol=0, atol=1e-6)

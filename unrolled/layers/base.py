@@ -97,10 +97,10 @@ class UnrolledISTA(nn.Module):
         for start in range(0, n_layers, segment):
             stop = min(start + segment, n_layers)
             if segment < n_layers:
-                state, kept = checkpoint(self._run_layers, start, stop, state, y, all_layers, use_reentrant=False)
+                state, segment_estimates = checkpoint(self._run_layers, start, stop, state, y, all_layers, use_reentrant=False)
             else:
-                state, kept = self._run_layers(start, stop, state, y, all_layers)
-            estimates.extend(kept)
+                state, segment_estimates = self._run_layers(start, stop, state, y, all_layers)
+            estimates.extend(segment_estimates)
         return torch.stack(estimates) if all_layers else self.estimate(state).unsqueeze(0)
 
     def _run_layers(self, start: int, stop: int, state: Any, y: Tensor, keep_estimates: bool) -> tuple[Any, list[Tensor]]:
