@@ -1,8 +1,7 @@
 """Run every benchmark in one process and rewrite ``docs/benchmarks.md`` from the results.
 
-``python -m bench`` (the ``make bench`` target) sets the torch thread count once, runs
-:mod:`bench.ista_throughput`, :mod:`bench.unrolled_vs_fista` and :mod:`bench.stochastic_vs_sklearn`
-in turn, prints each table with its ratio line, and writes the page atomically. ``--help`` lists the sizes; the defaults are those of
+``python -m bench`` (the ``make bench`` target) sets the torch thread count once, runs every module
+of :data:`BENCHMARKS` in turn, prints each table with its ratio line, and writes the page atomically. ``--help`` lists the sizes; the defaults are those of
 the modules.
 """
 
@@ -16,14 +15,30 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench import ista_throughput, stochastic_vs_sklearn, unrolled_vs_fista
+from bench import (
+    compile_speedup,
+    ista_throughput,
+    lasso_vs_sklearn,
+    lightning_overhead,
+    stochastic_vs_sklearn,
+    training_memory,
+    unrolled_vs_fista,
+)
 from bench.page import render_page
 from bench.timing import add_common_arguments, configure_threads, describe_machine
 from unrolled.files import write_atomic
 
 log = logging.getLogger("bench")
 
-BENCHMARKS = (ista_throughput, unrolled_vs_fista, stochastic_vs_sklearn)
+BENCHMARKS = (
+    ista_throughput,
+    lasso_vs_sklearn,
+    unrolled_vs_fista,
+    lightning_overhead,
+    training_memory,
+    compile_speedup,
+    stochastic_vs_sklearn,
+)
 DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 
 

@@ -21,17 +21,17 @@ The module, data module and problem are built as :func:`models.training.train` b
 after ``pl.seed_everything(seed)``. Every run is one epoch: ``data.steps_per_epoch`` and
 ``trainer.max_steps`` are both set to ``warm-up + timed``.
 
-What is timed. Only the steady state of training counts: the timed window runs from the end of
-step ``warm-up - 1`` to the end of the last step, so it contains exactly ``timed`` whole steps,
-each with its data loading, transfer, forward, loss, backward, optimizer and scheduler steps, and
-whatever Lightning, the callbacks and the logger do between two steps. A Lightning callback
-placed after the project's callbacks stamps the end of each step in ``on_train_batch_end``. The
-plain loop stamps the same points. Trainer construction, the validation sanity check,
-``configure_optimizers`` and the first, slower steps fall outside the window, because they cost
-a fixed time per run, not per sample, and would make the ratio depend on the run length. With
-100 timed steps, the window of the train.py config contains two logging steps of
-``log_every_n_steps: 50`` and one write of the CSV file (``CSVLogger`` writes every 100 steps by
-default in pytorch-lightning 2.6), the same shares as in a long run.
+What is timed. Only the steady state of training counts. The timed window runs from the end of
+step ``warm-up - 1`` to the end of the last step, so it contains exactly ``timed`` whole steps.
+Each of them includes its data loading, transfer, forward, loss, backward, optimizer and
+scheduler steps, and whatever Lightning, the callbacks and the logger do between two steps. In
+Lightning a callback placed after the project's callbacks stamps the two ends of the window in
+``on_train_batch_end``, and the plain loop stamps the same points. Trainer construction, the
+validation sanity check, ``configure_optimizers`` and the first, slower steps fall outside the
+window, because they cost a fixed time per run, not per sample, and would make the ratio depend
+on the run length. ``CSVLogger`` writes its file every 100 steps by default (pytorch-lightning
+2.6). So with 100 timed steps, the window of the train.py config contains two logging steps of
+``log_every_n_steps: 50`` and one write of the CSV file, the same shares as in a long run.
 
 Two costs outside the window are measured apart and shown in the table:
 
@@ -48,11 +48,11 @@ epoch end)``. This is an estimate from the two measured parts, not a measured 50
 
 Rounds: one untimed warm-up round, then ``--repeats`` rounds. Each round trains once each way, in
 the same order, so a change of machine load affects all three alike, and each figure is the median
-over rounds. Every round also checks that the three ways trained the same thing: the same number
-of Adam steps and the same final learning rate (it raises otherwise), and the largest absolute
-difference between the final weights of the plain loop and of each Lightning run, shown in the
-notes. On a CPU the three runs compute the same operations in the same order, and in the tests
-(``tests/test_bench_lightning.py``) their final weights agree exactly.
+over rounds. Every round also checks that the three ways trained the same thing. They must take the
+same number of Adam steps and end at the same learning rate, or the benchmark raises. The notes
+show the largest absolute difference between the final weights of the plain loop and of each
+Lightning run. On a CPU the three runs compute the same operations in the same order, and in the
+tests (``tests/test_bench_lightning.py``) their final weights agree exactly.
 
 Run alone with ``python -m bench.lightning_overhead`` (``--help`` lists the options). The last
 line printed gives, per network, Lightning's samples/s over the plain loop's, for the train.py
@@ -358,6 +358,7 @@ def compose_train_config(setup: Setup, run_dir: Path | None = None) -> dict[str,
 
 
 def _accelerator(device: torch.device) -> str:
+    # NOTE: the CUDA path (accelerator "gpu", stamps after a device synchronisation) has not been run, only the CPU path.
     if device.type == "cuda":
         return "gpu"
     if device.type == "cpu":
@@ -384,6 +385,8 @@ def _measure(setup: Setup, repeats: int) -> dict[str, list[RunRecord]]:
 
 def train_once(setup: Setup, loop: str) -> RunRecord:
     """Train a fresh module of ``setup`` for ``setup.total_steps`` steps with ``loop`` (one of :data:`LOOPS`)."""
+    if loop not in LOOPS:
+        raise ValueError(f"loop must be one of {LOOPS}, got {loop!r}.")
     with tempfile.TemporaryDirectory(prefix=f"{NAME}_") as folder:
         config = compose_train_config(setup, Path(folder))
         pl.seed_everything(config["seed"], workers=True, verbose=False)
@@ -392,8 +395,6 @@ def train_once(setup: Setup, loop: str) -> RunRecord:
         data = ProblemDataModule(problem, **config["data"])
         if loop == PLAIN:
             return _train_plain(setup, module, data)
-        if loop not in LOOPS:
-            raise ValueError(f"loop must be one of {LOOPS}, got {loop!r}.")
         return _train_lightning(setup, config, module, data, Path(folder), bare=loop == BARE)
 
 

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from unrolled.layers import UnrolledISTA
-from unrolled.metrics import nmse_db, nmse_db_per_sample, psnr_db
+from unrolled.metrics import psnr_db, ratio_db, squared_errors
 from unrolled.problems import Problem
 
 
@@ -47,22 +47,49 @@ def signal_psnr_db(problem: Problem, x_hat: Tensor, x: Tensor, signal_range: flo
     return float(psnr_db(signal_hat, signal, data_range=signal_range))
 
 
+# Estimates of all layers held at once by evaluate_layers: 2**24 numbers are 128 MiB in float64.
+EVALUATION_ELEMENTS = 2**24
+
+
 def evaluate_layers(network: UnrolledISTA, problem: Problem, y: Tensor, x: Tensor) -> list[LayerMetrics]:
-    """Run ``network`` once on the whole set and measure every layer's estimate against ``x``.
+    """Run ``network`` on the set and measure every layer's estimate against ``x``.
 
     ``y`` is cast to the network's dtype and device (the dtype of its operator buffer ``A``), so the
     network runs as it was trained. NMSE is computed in float64 in both conventions of
-    :mod:`unrolled.metrics`, and PSNR only when the problem defines ``signal_range``.
+    :mod:`unrolled.metrics`, and PSNR only when the problem defines ``signal_range``. The samples
+    go through the network in chunks whose stacked estimates of all layers hold at most
+    :data:`EVALUATION_ELEMENTS` numbers, so memory stays bounded on large problems; the metrics
+    are sums over samples, so the chunks do not change them.
     """
     signal_range = signal_range_of(problem)
-    with torch.inference_mode():
-        estimates = network(y.to(network.A.device, network.A.dtype))
+    n_layers = network.n_layers
+    chunk_size = max(1, EVALUATION_ELEMENTS // (n_layers * x.shape[-1]))
+    errors, references = [], []
+    signal_error_sums = torch.zeros(n_layers, dtype=torch.float64)
+    signal_count = 0
+    for start in range(0, y.shape[0], chunk_size):
+        y_chunk, x_chunk = y[start:start + chunk_size], x[start:start + chunk_size]
+        with torch.inference_mode():
+            estimates = network(y_chunk.to(network.A.device, network.A.dtype))
+        x_chunk = x_chunk.to(estimates.device)
+        chunk_errors = [squared_errors(estimate, x_chunk)[0].cpu() for estimate in estimates]
+        errors.append(torch.stack(chunk_errors))
+        references.append(squared_errors(x_chunk, torch.zeros_like(x_chunk))[0].cpu())
+        if signal_range is not None:
+            signal = problem.signal(x_chunk.to("cpu", torch.float64))
+            for k, estimate in enumerate(estimates):
+                signal_error_sums[k] += (problem.signal(estimate.to("cpu", torch.float64)) - signal).square().sum()
+            signal_count += signal.numel()
+    error, reference = torch.cat(errors, dim=1), torch.cat(references)
 
-    x = x.to(estimates.device)
     metrics = []
-    for index, estimate in enumerate(estimates):
-        psnr = signal_psnr_db(problem, estimate, x, signal_range) if signal_range is not None else None
-        metrics.append(LayerMetrics(index + 1, float(nmse_db(estimate, x)), float(nmse_db_per_sample(estimate, x)), psnr))
+    for k in range(n_layers):
+        psnr = None
+        if signal_range is not None:
+            psnr = float(-ratio_db(signal_error_sums[k] / signal_count, torch.tensor(signal_range**2, dtype=torch.float64)))
+        metrics.append(LayerMetrics(
+            k + 1, float(ratio_db(error[k].sum(), reference.sum())), float(ratio_db(error[k], reference).mean()), psnr
+        ))
     return metrics
 
 
