@@ -27,25 +27,30 @@ than the rescaled residual, so celer needs a smaller ``tol`` to pass this module
 ``tol`` bounds a violation of the optimality conditions instead.
 
 Settings: each peer runs with the loosest ``tol`` of the grid :math:`5\cdot10^{-7}\cdot10^{k/2}`
-(integer k; skglm's grid starts at 1e-8) whose output reaches the target on every problem, found
-beforehand by fits that walk up the grid while they pass, or down while they fail. Because the
-grid steps by √10, a peer may run with a ``tol`` up to √10 tighter than the loosest that passes;
-for a linearly converging solver that costs at most about log(√10) / log(1e6) ≈ 8 % more epochs
-(an estimate). Their ``max_iter`` is raised so that ``tol`` alone stops them. scikit-learn fits the 1,000 problems in one
-``fit`` with a 2-D target (it solves them one after the other), celer's ``Lasso`` too (it inherits
-that ``fit``), and skglm's ``Lasso`` (1-D targets only) in a loop of 1,000 fits. FISTA
-(:func:`unrolled.solvers.fista`) runs the whole batch with ``gap_tol = 1e-6``, the same gap
-checked every ``--lasso-check-every`` iterations, and converged problems frozen and removed from
-the batch; without restart, with gradient restart and with function restart (O'Donoghue and
-Candès 2015). Its default step is 1/L, and its time includes the power iteration for L.
+(integer k, and 1e-8 in place of 5e-7 for skglm) whose output reaches the target on every
+problem. Fits found it beforehand, walking up the grid while they passed or down while they
+failed. Because the grid steps by √10, a peer may run with a ``tol`` up to √10 tighter than the
+loosest that passes. For a linearly converging solver that costs at most about
+log(√10) / log(1e6) ≈ 8 % more epochs (an estimate). The peers' ``max_iter`` is raised so that
+``tol`` alone stops them. scikit-learn fits the 1,000 problems in one ``fit`` with a 2-D target
+(it solves them one after the other), celer's ``Lasso`` too (it inherits that ``fit``), and
+skglm's ``Lasso`` (1-D targets only) in a loop of 1,000 fits.
+
+FISTA (:func:`unrolled.solvers.fista`) runs the whole batch with ``gap_tol = 1e-6``, the same
+gap, checked every ``--lasso-check-every`` iterations. Converged problems are frozen and removed
+from the batch. It runs without restart, with gradient restart and with function restart
+(O'Donoghue and Candès 2015). Its default step is 1/L, and its time includes the power iteration
+for L.
 
 Timing: ``time.perf_counter`` around the solve calls only (``fit`` for the peers, the ``fista``
 call for ours), in interleaved rounds, the fastest of ``--lasso-best-of`` rounds for each solver. The
 calibration fits run before and warm every solver up (skglm's numba compilation included). After
 each timed call the output is checked against the target, outside the timed region. scikit-learn,
 celer and skglm run on one thread; FISTA runs on the torch threads (``--threads``), and when there
-are several the table adds FISTA with gradient restart on one thread. A peer that fails to import
-gets a row saying so.
+are several the table adds FISTA with gradient restart on one thread. That row also shows when other
+processes share the cores: torch's threads then wait for each other, and in one run at a load
+average of 3.5 on 2 cores FISTA on 2 threads took 3 times as long as on 1. A peer that fails to
+import gets a row saying so.
 
 Run alone with ``python -m bench.lasso_vs_sklearn`` (``--help`` lists the options). The last line
 printed is the ratio FISTA-with-gradient-restart time / scikit-learn time at the first ``reg``,
@@ -91,7 +96,7 @@ DEFAULT_MAX_ITER = 20_000
 DEFAULT_CHECK_EVERY = 10
 PEERS = ("celer", "skglm")
 # Grid of the peers' tol: start · 10^(k/2). scikit-learn and celer stop at gap <= tol · ||y||², so
-# 5e-7 is the nominal match of the target; skglm's tol bounds an optimality violation instead.
+# 5e-7 is the nominal match of the target. skglm's tol bounds an optimality violation instead.
 TOL_STARTS = {"scikit-learn": TARGET_GAP / 2, "celer": TARGET_GAP / 2, "skglm": 1e-8}
 TOL_STEP = math.sqrt(10.0)
 TOL_RANGE = (1e-14, 1e-1)
