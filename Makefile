@@ -29,7 +29,9 @@ demo: $(STAMP)
 	$(PY) train.py experiment=demo hydra.run.dir=outputs/demo/train
 	$(PY) compare.py runs=[outputs/demo/train] max_iter=2000 val_size=128 reg_grid.num=6 hydra.run.dir=outputs/demo/report
 
+# The peers of bench.lasso_vs_sklearn (celer, skglm) are the optional extra "bench".
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[bench]"
 	$(PY) -m bench
 
 clean:
