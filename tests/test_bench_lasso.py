@@ -140,6 +140,7 @@ def test_lasso_bench_runs_alone(capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("skglm") is None, reason="skglm comes with the bench extra")
 def test_lasso_bench_with_skglm():
     # skglm compiles its numba kernels on the first fit, which takes several seconds.
     result = lasso_vs_sklearn.run(_parse(TINY + ["--lasso-regs", "0.01", "--lasso-peers", "skglm"]))
