@@ -43,7 +43,12 @@ DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    names = ", ".join(module.NAME for module in BENCHMARKS)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__.split("\n\n")[0],
+        epilog=f"Benchmarks, in order: {names}. Each runs alone as python -m bench.<name>; python -m bench.gpu_check "
+        "is the separate check for a machine with a GPU.",
+    )
     add_common_arguments(parser)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help=f"page to write (default {DEFAULT_OUTPUT})")
     for module in BENCHMARKS:

@@ -109,6 +109,8 @@ def fista_s_per_iter(A: torch.Tensor, y: torch.Tensor, max_iter: int) -> float:
 def run(args: argparse.Namespace) -> BenchmarkResult:
     """Measure training and FISTA on the CPU and, unless ``--device cpu``, on the GPU; return the table."""
     device = torch.device(args.device)
+    if device.type not in ("cuda", "cpu"):
+        raise ValueError(f"--device must be a CUDA device or cpu, got {args.device!r}.")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"--device {args.device} needs a CUDA device, and torch sees none; pass --device cpu for the CPU columns only.")
     if min(args.steps, args.fista_problems, args.fista_iter, args.cpu_fista_iter, *args.size) < 1:
@@ -180,10 +182,14 @@ def render(result: BenchmarkResult, machine: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     configure_threads(args.threads)
-    result = run(args)
+    try:
+        result = run(args)
+    except (RuntimeError, ValueError) as error:
+        parser.error(str(error))
     write_atomic(args.output, render(result, describe_machine(args.device)).encode())
     result.print_text()
 

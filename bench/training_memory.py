@@ -6,8 +6,9 @@ the entries of the 250 × 500 reference). It is a forward pass with the loss on 
 fixed, so the step stores no weight gradient of the size of A, and what grows with depth and batch
 is the activations. Each configuration is measured once with :class:`unrolled.memory.PeakMemory`:
 on the CPU the rise of the process's peak resident set above its level before the step, on a
-GPU the rise of ``torch.cuda.max_memory_allocated``. Memory is deterministic enough that one
-measurement per configuration suffices.
+GPU the rise of ``torch.cuda.max_memory_allocated``. Each network makes one unmeasured step first.
+Memory is deterministic enough that one measurement per configuration suffices, so ``--repeats``
+applies to the step times only.
 
 Expected: without checkpointing the step stores a few tensors of batch × n per layer, so the
 peak grows in proportion to depth × batch, and the last column (peak per layer and sample) stays
@@ -106,6 +107,8 @@ def run(args: argparse.Namespace) -> BenchmarkResult:
     for depth in sorted(args.depths):
         network = build_network(NETWORK, A, depth)
         networks[depth] = network
+        # The first step of a network allocates what later steps reuse (thread pools, autograd's buffers).
+        _training_step(network, y_all[: min(args.memory_batches)], x_all[: min(args.memory_batches)])
         for batch in sorted(args.memory_batches):
             y, x = y_all[:batch], x_all[:batch]
             for checkpoint_every in (None, args.checkpoint_every):

@@ -130,10 +130,6 @@ class UnrolledModule(TimedTraining):
             raise ValueError(f"lr must be a positive finite number, got {lr}.")
         if lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}.")
-        if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1):
-            raise ValueError(
-                f"checkpoint_every must be a number of layers >= 1, or null to turn activation checkpointing off; got {checkpoint_every!r}."
-            )
         self.save_hyperparameters()
         self.problem = build_problem(problem)
         self.network = build_network(network, self.problem.A.to(torch.float32), n_layers, **(network_kwargs or {}))

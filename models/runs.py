@@ -4,13 +4,31 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+
 from models.hub import CARD_FILE, WEIGHTS_FILE, checkpoints_dir
+from models.trainer import first_rank_only
 from unrolled.files import write_atomic
 
 log = logging.getLogger(__name__)
+log.addFilter(first_rank_only)
+
+
+def run_command() -> str:
+    """Return the command line of this run, for its card and for the resume command.
+
+    In a Hydra sweep (``-m``) that is ``train.py`` with the job's own overrides: the sweep's command
+    line would rerun every job of the sweep.
+    """
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return shlex.join(["train.py", *HydraConfig.get().overrides.task])
+    return " ".join(sys.argv)
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:

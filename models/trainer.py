@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.utilities import rank_zero_only
@@ -25,7 +27,26 @@ def build_trainer(options: dict[str, Any], run_dir: Path, callbacks: list[pl.Cal
         options["strategy"] = instantiate(options["strategy"])
     if not loggers:
         callbacks = [callback for callback in callbacks if not isinstance(callback, LearningRateMonitor)]
-    return pl.Trainer(**options, callbacks=callbacks, logger=loggers, default_root_dir=str(run_dir))
+    trainer = pl.Trainer(**options, callbacks=callbacks, logger=loggers, default_root_dir=str(run_dir))
+    check_processes_launchable(trainer)
+    return trainer
+
+
+def check_processes_launchable(trainer: pl.Trainer) -> None:
+    """Raise if DDP would start its other processes by rerunning the command line of a Hydra sweep.
+
+    Lightning's launcher starts ranks 1 and up by running ``sys.argv`` again, which in a sweep (``-m``)
+    runs the whole sweep again (and breaks joblib's workers). Under SLURM or torchrun the processes
+    exist already, and sweeps work.
+    """
+    in_sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    environment = getattr(trainer.strategy, "cluster_environment", None)
+    if in_sweep and trainer.world_size > 1 and environment is not None and not environment.creates_processes_externally:
+        raise ValueError(
+            f"trainer=ddp with {trainer.world_size} processes in a Hydra sweep (-m): Lightning would start the other "
+            "processes by rerunning the sweep's command line, which runs the whole sweep again. Run each point as its "
+            "own train.py command, or sweep with hydra/launcher=slurm, where SLURM starts the processes."
+        )
 
 
 def first_rank_only(record: logging.LogRecord) -> bool:

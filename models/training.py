@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from models.data import ProblemDataModule
 from models.hub import CARD_FILE, WEIGHTS_FILE, checkpoints_dir, export_model, load_pretrained, load_run, measure_test_metrics
 from models.layerwise import LayerwiseTraining
 from models.module import UnrolledModule
-from models.runs import check_publish_target, publish, resume_checkpoint
+from models.runs import check_publish_target, publish, resume_checkpoint, run_command
 from models.trainer import build_trainer
 from models.variance_reduced import STOCHASTIC_NETWORKS
 from models.variance_reduced_training import train_variance_reduced
@@ -46,6 +45,9 @@ def protocol_name(config: dict[str, Any]) -> str:
 def build_module(config: dict[str, Any]) -> UnrolledModule:
     """Build the module of ``config``, without a learning-rate schedule under the layer-wise protocol, which sets the rate per stage."""
     model = config["model"]
+    compile_network = config.get("compile", False)
+    if not isinstance(compile_network, bool):
+        raise ValueError(f"compile must be true or false, got {compile_network!r}.")
     optim = dict(model["optim"])
     if protocol_name(config) == "layerwise":
         optim["lr_schedule"] = "constant"
@@ -57,7 +59,7 @@ def build_module(config: dict[str, Any]) -> UnrolledModule:
         loss=model["loss"],
         lasso_reg=model.get("lasso_reg"),
         checkpoint_every=config.get("checkpoint_every"),
-        compile=bool(config.get("compile")),
+        compile=compile_network,
         **optim,
     )
 
@@ -106,6 +108,8 @@ RUN_CONFIG_FILE = "run_config.json"
 # Settings that a resumed run may choose anew: the thread count, compilation and activation
 # checkpointing change speed and memory, not results, and publish_overwrite only where the files go.
 RESUME_MAY_CHANGE = ("resume", "num_threads", "compile", "checkpoint_every", "publish_overwrite")
+# Trainer options that conf/trainer gained after runs were recorded, with the values those runs used.
+OPTIONS_ADDED_LATER = {"trainer.num_nodes": 1, "trainer.precision": "32-true"}
 # Variables through which torchrun, Lightning's DDP launcher and SLURM give a process its rank.
 RANK_VARIABLES = ("RANK", "GROUP_RANK", "NODE_RANK", "LOCAL_RANK", "SLURM_PROCID")
 
@@ -147,7 +151,7 @@ def record_or_check_run_config(config: dict[str, Any], run_dir: Path) -> dict[st
     # Under DDP the other ranks only read the record; their command line also carries the launcher's overrides.
     current = {key: value for key, value in config.items() if key not in RESUME_MAY_CHANGE}
     if not config.get("resume") or not path.is_file():
-        record = {"command": " ".join(sys.argv), "config": current}
+        record = {"command": run_command(), "config": current}
         if is_first_process():
             write_atomic(path, (json.dumps(record, indent=2) + "\n").encode())
         return record
@@ -155,6 +159,8 @@ def record_or_check_run_config(config: dict[str, Any], run_dir: Path) -> dict[st
     record = json.loads(path.read_text())
     saved_config = {"protocol": DEFAULT_PROTOCOL} | record["config"]
     saved, new = _flatten(saved_config), _flatten(current)
+    # Records written before these trainer options existed ran with their defaults.
+    saved = {key: value for key, value in OPTIONS_ADDED_LATER.items() if key in new} | saved
     changed = sorted(key for key in saved.keys() | new.keys() if saved.get(key) != new.get(key))
     if protocol_name(saved_config) == protocol_name(current) == "layerwise":
         # The layer-wise schedule does not depend on the cap, so a capped run may resume with a larger one.
@@ -207,7 +213,7 @@ def train(config: dict[str, Any], run_dir: Path, callbacks: list[pl.Callback], l
     test_metrics = measure_test_metrics(module.network, problem)
     extra = {
         "config": config,
-        "command": " ".join(sys.argv),
+        "command": run_command(),
         "machine": describe_machine(module.device),
         "test_metrics": test_metrics,
         "training": {

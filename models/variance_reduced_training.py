@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ import pytorch_lightning as pl
 from safetensors.torch import save
 
 from models.hub import CARD_FILE, WEIGHTS_FILE, sha256_file
-from models.runs import resume_checkpoint
+from models.runs import resume_checkpoint, run_command
 from models.trainer import build_trainer
 from models.variance_reduced import STOCHASTIC_NETWORKS, InstanceDataModule, VarianceReducedModule
 from unrolled.files import write_atomic
@@ -53,6 +52,11 @@ def train_variance_reduced(
         raise ValueError(f"init_from={config['init_from']!r} is not supported for unrolled SVRG/SAGA yet; pass init_from=null.")
     if (config.get("protocol") or {}).get("name", "end_to_end") != "end_to_end":
         raise ValueError("unrolled SVRG/SAGA train end to end only; pass protocol=end_to_end.")
+    if config.get("checkpoint_every") is not None or config.get("compile"):
+        raise ValueError(
+            f"checkpoint_every={config.get('checkpoint_every')} and compile={config.get('compile')}: activation "
+            "checkpointing and torch.compile apply to the sparse-coding networks only; pass checkpoint_every=null compile=false."
+        )
     if config.get("publish_as"):
         raise ValueError(
             f"publish_as={config['publish_as']!r}: the zoo does not hold unrolled stochastic networks yet; "
@@ -92,7 +96,7 @@ def train_variance_reduced(
         "learned": {"step_scales": network.step_scales().tolist(), "momenta": None if network.momenta() is None else network.momenta().tolist()},
         "test_metrics": {"per_layer": module.test_results, "classical": comparison},
         "config": config,
-        "command": " ".join(sys.argv),
+        "command": run_command(),
         "machine": describe_machine(module.device),
         "training": {
             "time_s": round(training_time, 1),

@@ -60,8 +60,10 @@ def test_gpu_check_cpu_columns(single_torch_thread, tmp_path):
     assert "Result line: `ratio not measured (no GPU" in page
 
 
-def test_gpu_check_without_cuda_raises(tmp_path):
+def test_gpu_check_without_cuda_raises(tmp_path, capsys):
     if gpu_check.torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
-    with pytest.raises(RuntimeError, match="needs a CUDA device, and torch sees none; pass --device cpu"):
+    with pytest.raises(SystemExit):
         gpu_check.main(["--device", "cuda", "--output", str(tmp_path / "page.md")])
+
+    assert "needs a CUDA device, and torch sees none; pass --device cpu" in capsys.readouterr().err

@@ -216,6 +216,20 @@ def test_trainer_options_listed():
     assert _options("trainer") == ["cpu", "ddp", "default", "gpu"]
 
 
+@pytest.mark.parametrize("value", ["maybe", "no", 1])
+def test_compile_must_be_boolean(compose_train, value):
+    config = _job_config(compose_train([f"compile={value}"]))
+
+    with pytest.raises(ValueError, match=f"compile must be true or false, got {value!r}"):
+        build_module(config)
+
+
+def test_trainer_precision_overridable(compose_train):
+    config = _job_config(compose_train(["trainer.precision=bf16-mixed"]))
+
+    assert config["trainer"]["precision"] == "bf16-mixed"
+
+
 def test_trainer_ddp_builds_ddp_strategy(compose_train, tmp_path):
     config = _job_config(compose_train(["trainer=ddp", "trainer.accelerator=cpu", "trainer.num_nodes=1"]))
 

@@ -46,7 +46,19 @@ def test_local_launcher_runs_jobs_in_parallel_workers(compose_train, tmp_path):
     runs = sorted(path.name for path in sweep_dir.iterdir() if path.is_dir())
     assert runs == ["0_alista_2_sparse_coding", "1_alista_3_sparse_coding"]
     for run, n_layers in zip(runs, (2, 3)):
-        assert json.loads((sweep_dir / run / CARD_FILE).read_text())["n_layers"] == n_layers
+        card = json.loads((sweep_dir / run / CARD_FILE).read_text())
+        assert card["n_layers"] == n_layers
+        # The job's own command: rerunning the sweep's would start every job again.
+        assert card["command"].startswith("train.py ")
+        assert f"model.n_layers={n_layers}" in card["command"].split()
+        assert "-m" not in card["command"].split()
+
+
+def test_sweep_with_ddp_rejected(tmp_path):
+    result = _sweep([*SMALL_RUN, "trainer=ddp", "trainer.accelerator=cpu", "model.n_layers=2", f"hydra.sweep.dir={tmp_path}"])
+
+    assert result.returncode != 0
+    assert "trainer=ddp with 2 processes in a Hydra sweep (-m)" in result.stderr
 
 
 def test_slurm_launcher_job_script(tmp_path):

@@ -537,6 +537,17 @@ def test_resume_run_config_before_protocol(tmp_path):
         record_or_check_run_config(config | {"protocol": {"name": "layerwise"}}, tmp_path)
 
 
+def test_resume_run_config_before_trainer_options(tmp_path):
+    trainer = {"max_steps": 10, "num_nodes": 1, "precision": "32-true"}
+    config = {"seed": 0, "resume": True, "protocol": {"name": "end_to_end"}, "trainer": trainer}
+    legacy = {"seed": 0, "protocol": {"name": "end_to_end"}, "trainer": {"max_steps": 10}}
+    (tmp_path / RUN_CONFIG_FILE).write_text(json.dumps({"command": "train.py", "config": legacy}))
+
+    assert record_or_check_run_config(config, tmp_path)["config"] == legacy
+    with pytest.raises(ValueError, match="trainer.precision: run started with '32-true', got 'bf16-mixed'"):
+        record_or_check_run_config(config | {"trainer": trainer | {"precision": "bf16-mixed"}}, tmp_path)
+
+
 def test_layerwise_resume_with_larger_cap(tmp_path):
     config = {"seed": 0, "resume": False, "protocol": {"name": "layerwise"}, "trainer": {"max_steps": 100}}
     record_or_check_run_config(config, tmp_path)

@@ -84,8 +84,30 @@ def test_checkpointing_bounds_memory(single_torch_thread):
     assert peaks[16, 4] - peaks[8, 4] < 0.25 * (peaks[16, None] - peaks[8, None]), peaks
 
 
+@pytest.mark.parametrize("value", [0, -1, True, 1.5, "2"])
+def test_network_checkpoint_every_rejected(value):
+    network = build_network("alista", SparseCoding(m=20, n=40).A.float(), 3)
+
+    with pytest.raises(ValueError, match=f"checkpoint_every must be a number of layers >= 1.*got {value!r}"):
+        network.checkpoint_every = value
+    assert network.checkpoint_every is None
+
+
+def test_checkpointing_single_segment_same_gradients(single_torch_thread):
+    problem = SparseCoding(m=20, n=40)
+    y, x = (t.float() for t in problem.sample(8, torch.Generator().manual_seed(3)))
+    network = build_network("lista_cp", problem.A.float(), 3)
+    _, expected = _loss_and_grads(network, y, x, all_layers=True)
+
+    network.checkpoint_every = 10
+    _, grads = _loss_and_grads(network, y, x, all_layers=False)
+
+    for key, grad in expected.items():
+        torch.testing.assert_close(grads[key], grad, rtol=1e-6, atol=1e-7, msg=key)
+
+
 def test_module_checkpoint_every_rejected():
     problem = SparseCoding(m=20, n=40).spec()
 
-    with pytest.raises(ValueError, match="checkpoint_every must be a number of layers >= 1, or null .* got 0"):
+    with pytest.raises(ValueError, match=r"checkpoint_every must be a number of layers >= 1, or None \(null in a config\) .* got 0"):
         UnrolledModule("alista", 3, problem, checkpoint_every=0)

@@ -112,6 +112,8 @@ def test_unknown_network_lists_the_registered_ones():
     [
         (["init_from=some_run"], "init_from='some_run' is not supported"),
         (["protocol=layerwise"], "train end to end only"),
+        (["checkpoint_every=2"], "checkpoint_every=2 and compile=False: activation checkpointing and torch.compile apply"),
+        (["compile=true"], "checkpoint_every=None and compile=True"),
     ],
 )
 def test_unsupported_combinations_are_refused(compose_train, tmp_path, overrides, message):

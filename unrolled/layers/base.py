@@ -46,7 +46,7 @@ class UnrolledISTA(nn.Module):
     argument and is not saved with the weights.
     """
 
-    checkpoint_every: int | None = None
+    _checkpoint_every: int | None = None
 
     def __init__(self, A: Tensor, n_layers: int, support_selection: bool = False) -> None:
         super().__init__()
@@ -56,6 +56,20 @@ class UnrolledISTA(nn.Module):
         self.register_buffer("A", A.detach().clone())
         self.n_layers = n_layers
         self.support_selection = support_selection
+
+    @property
+    def checkpoint_every(self) -> int | None:
+        """Layers per activation-checkpointing segment during training, or None for no checkpointing."""
+        return self._checkpoint_every
+
+    @checkpoint_every.setter
+    def checkpoint_every(self, value: int | None) -> None:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(
+                f"checkpoint_every must be a number of layers >= 1, or None (null in a config) to turn activation "
+                f"checkpointing off; got {value!r}."
+            )
+        self._checkpoint_every = value
 
     def bypass_fraction(self, k: int) -> float:
         return support_bypass_fraction(k + 1) if self.support_selection else 0.0
@@ -91,12 +105,13 @@ class UnrolledISTA(nn.Module):
         n_layers = self.n_layers if n_layers is None else n_layers
         if not 1 <= n_layers <= self.n_layers:
             raise ValueError(f"n_layers must lie in [1, {self.n_layers}], got {n_layers}.")
-        segment = self.checkpoint_every if self.checkpoint_every and torch.is_grad_enabled() else n_layers
+        checkpointing = self.checkpoint_every is not None and torch.is_grad_enabled()
+        segment = self.checkpoint_every if checkpointing else n_layers
         state = self.initial_state(y)
         estimates: list[Tensor] = []
         for start in range(0, n_layers, segment):
             stop = min(start + segment, n_layers)
-            if segment < n_layers:
+            if checkpointing:
                 state, segment_estimates = checkpoint(self._run_layers, start, stop, state, y, all_layers, use_reentrant=False)
             else:
                 state, segment_estimates = self._run_layers(start, stop, state, y, all_layers)
