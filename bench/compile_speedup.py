@@ -5,8 +5,8 @@ the forward pass on a batch of 1,000 test samples under ``torch.no_grad``, and a
 a batch of 256 (forward pass with the loss on the last layer, mean squared error, backward pass). The compiled
 versions come from :func:`unrolled.compile.compile_or_eager` with torch's default backend
 (inductor), as ``compile=true`` in train.py uses it. Compilation time, the first call of each
-compiled function, is reported apart; it is much shorter when inductor's on-disk cache already
-holds the kernels from an earlier run; then eager and compiled calls are timed side by side in
+compiled function, is reported apart. It is much shorter when inductor's on-disk cache already
+contains the kernels from an earlier run. Then eager and compiled calls are timed side by side in
 interleaved rounds and the medians compared. A compiled function that fell back to eager mode
 is marked in the table, and its speed-up is then about 1.
 
