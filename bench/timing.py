@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import statistics
@@ -161,3 +162,14 @@ def run_standalone(prog: str, description: str, add_arguments: Callable[[argpars
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     configure_threads(args.threads)
     run(args).print_text()
+
+
+def run_in_fresh_process(module_name: str, args: argparse.Namespace) -> BenchmarkResult:
+    """Set the threads and logging, then run the benchmark ``module_name`` with ``args``.
+
+    ``python -m bench`` calls it in a new process per benchmark; it lives here because a function of
+    ``bench/__main__.py`` cannot be found by name in that process.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    configure_threads(args.threads)
+    return importlib.import_module(module_name).run(args)
