@@ -48,8 +48,8 @@ calibration fits run before and warm every solver up (skglm's numba compilation 
 each timed call the output is checked against the target, outside the timed region. scikit-learn,
 celer and skglm run on one thread; FISTA runs on the torch threads (``--threads``), and when there
 are several the table adds FISTA with gradient restart on one thread. That row also shows when other
-processes share the cores: torch's threads then wait for each other, and in one run at a load
-average of 3.5 on 2 cores FISTA on 2 threads took 3 times as long as on 1. A peer that fails to
+processes share the cores, because torch's threads then wait for each other. In one run at a load
+average of 3.5 on 2 cores, FISTA on 2 threads took 3 times as long as on 1. A peer that fails to
 import gets a row saying so.
 
 Run alone with ``python -m bench.lasso_vs_sklearn`` (``--help`` lists the options). The last line

@@ -40,13 +40,13 @@ def test_peak_memory_repeated_measurements_agree():
 
 
 def test_peak_memory_excludes_memory_held_before():
-    held = torch.ones(32 * MIB // 4)
+    allocated_before = torch.ones(32 * MIB // 4)
 
     with PeakMemory() as meter:
         _allocate_and_free(8 * MIB)
 
     assert 8 * MIB - SLACK <= meter.peak_bytes < 16 * MIB
-    del held
+    del allocated_before
 
 
 def test_peak_memory_rejects_other_devices():

@@ -72,9 +72,12 @@ def evaluate_layers(network: UnrolledISTA, problem: Problem, y: Tensor, x: Tenso
         with torch.inference_mode():
             estimates = network(y_chunk.to(network.A.device, network.A.dtype))
         x_chunk = x_chunk.to(estimates.device)
-        chunk_errors = [squared_errors(estimate, x_chunk)[0].cpu() for estimate in estimates]
+        chunk_errors = []
+        for estimate in estimates:
+            error, reference = squared_errors(estimate, x_chunk)
+            chunk_errors.append(error.cpu())
         errors.append(torch.stack(chunk_errors))
-        references.append(squared_errors(x_chunk, torch.zeros_like(x_chunk))[0].cpu())
+        references.append(reference.cpu())
         if signal_range is not None:
             signal = problem.signal(x_chunk.to("cpu", torch.float64))
             for k, estimate in enumerate(estimates):
