@@ -19,6 +19,7 @@ from models.layerwise import LayerwiseTraining
 from models.module import UnrolledModule
 from models.runs import check_publish_target, publish, resume_checkpoint, run_command
 from models.trainer import build_trainer
+from models.imaging_training import is_imaging_config, train_imaging
 from models.variance_reduced import STOCHASTIC_NETWORKS
 from models.variance_reduced_training import train_variance_reduced
 from unrolled.files import write_atomic
@@ -186,6 +187,8 @@ def train(config: dict[str, Any], run_dir: Path, callbacks: list[pl.Callback], l
     pl.seed_everything(config["seed"], workers=True)
     if config["problem"]["name"] in FAMILIES:
         return train_variance_reduced(config, run_dir, callbacks, loggers, run_record)
+    if is_imaging_config(config):
+        return train_imaging(config, run_dir, callbacks, loggers, run_record)
     if config["model"]["name"] in STOCHASTIC_NETWORKS:
         raise ValueError(
             f"model={config['model']['name']} trains on an instance family of finite sums, not on problem "
