@@ -106,6 +106,10 @@ class ImagingDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return DataLoader(_FixedSet(self.task.fixed_set("test").to(torch.float32)), batch_size=None, collate_fn=_identity)
 
+    def transfer_batch_to_device(self, batch: ImagingBatch, device: torch.device, dataloader_idx: int) -> ImagingBatch:
+        # The operator stays where it is: its fixed tensors follow the input's device when applied.
+        return ImagingBatch(batch.x.to(device), batch.y.to(device), batch.operator, batch.noise_std.to(device), batch.crop)
+
     def state_dict(self) -> dict[str, Any]:
         return {"batch_size": self.batch_size, "steps_per_epoch": self.steps_per_epoch}
 
@@ -177,9 +181,6 @@ class ImagingModule(TimedTraining):
         # from the checkpoint; fitting it once before the first step keeps runs reproducible.
         if stage == "fit" and self.global_step == 0:
             fit_initialization(self.network, self.task, self.hparams.init_seed)
-
-    def transfer_batch_to_device(self, batch: ImagingBatch, device: torch.device, dataloader_idx: int) -> ImagingBatch:
-        return ImagingBatch(batch.x.to(device), batch.y.to(device), batch.operator, batch.noise_std.to(device), batch.crop)
 
     def forward(self, batch: ImagingBatch, all_stages: bool = False) -> Tensor | list[Tensor]:
         return self.network(batch.y, batch.operator, noise_std=batch.noise_std, all_stages=all_stages)

@@ -15,6 +15,7 @@ import math
 import sys
 from collections.abc import Sequence
 
+from models.hub.imaging import imaging_checkpoints_dir, list_imaging_pretrained, read_imaging_card, verify_imaging_model
 from models.hub.loading import CHECKPOINTS_ENV, checkpoints_dir, list_pretrained
 from models.hub.verify import DEFAULT_TOLERANCE_DB, summarize_checkpoint, verify_models
 
@@ -64,6 +65,7 @@ def run_list() -> int:
     names = list_pretrained()
     if not names:
         print(f"no checkpoints in {checkpoints_dir()}")
+        list_imaging()
         return 0
 
     headers = ["name", "network", "tag", "problem", "layers", "NMSE (dB)", "per-sample NMSE (dB)", "weights (MB)"]
@@ -84,6 +86,67 @@ def run_list() -> int:
         )
     print(f"{len(names)} checkpoints in {checkpoints_dir()}; test NMSE after the last layer, float64")
     print(format_table(headers, rows, align="llllrrrr"))
+    list_imaging()
+    return 0
+
+
+def list_imaging() -> None:
+    """Print the table of the shipped imaging checkpoints, if there are any."""
+    names = list_imaging_pretrained()
+    if not names:
+        return
+    headers = ["name", "network", "task", "stages", "PSNR (dB)", "SSIM", "weights (MB)"]
+    rows = []
+    for name in names:
+        card_path = imaging_checkpoints_dir() / f"{name}.json"
+        try:
+            card = read_imaging_card(card_path)
+        except (OSError, ValueError) as error:
+            log.warning("cannot read the imaging model card %s: %s", card_path, error)
+            rows.append([name, "-", "-", "-", "-", "-", "-"])
+            continue
+        weights = card_path.parent / card["weights_file"]
+        task = card["task"]
+        setting = ", ".join(f"{key}={value}" for key, value in task.items() if key in ("cs_ratio", "observed_ratio", "sigma_255", "sampling"))
+        rows.append(
+            [
+                name,
+                card["network"],
+                f"{task['name']} ({setting})",
+                str(card["n_layers"]),
+                format_number(card["test_metrics"]["psnr_db"][-1]),
+                f"{card['test_metrics']['ssim'][-1]:.4f}",
+                format_number(weights.stat().st_size / 1e6 if weights.is_file() else None),
+            ]
+        )
+    print(f"\n{len(names)} imaging checkpoints in {imaging_checkpoints_dir()}; mean test PSNR and SSIM after the last stage")
+    print(format_table(headers, rows, align="lllrrrr"))
+
+
+def run_verify_imaging(names: list[str]) -> int:
+    """Verify the imaging checkpoints ``names`` and print one row per model. Return 0 if all pass, else 1."""
+    results = [verify_imaging_model(name) for name in names]
+    headers = ["name", "card PSNR (dB)", "measured PSNR (dB)", "max PSNR deviation (dB)", "max SSIM deviation", "status"]
+    rows = [
+        [
+            result.name,
+            format_number(result.card_psnr_db),
+            format_number(result.measured_psnr_db),
+            "-" if result.max_psnr_deviation_db is None else f"{result.max_psnr_deviation_db:.2g}",
+            "-" if result.max_ssim_deviation is None else f"{result.max_ssim_deviation:.2g}",
+            "OK" if result.ok else "FAILED",
+        ]
+        for result in results
+    ]
+    print(format_table(headers, rows, align="lrrrrr"))
+    for result in results:
+        if result.error is not None:
+            print(f"{result.name}: {result.error}")
+    failed = [result.name for result in results if not result.ok]
+    if failed:
+        log.error("verify FAILED for %d of %d imaging models: %s", len(failed), len(results), ", ".join(failed))
+        return 1
+    print(f"OK: all {len(results)} imaging models match their cards on every stage")
     return 0
 
 
@@ -158,10 +221,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not (math.isfinite(args.tolerance_db) and args.tolerance_db >= 0):
         parser.error(f"--tolerance-db must be a finite number >= 0, got {args.tolerance_db}")
     known = list_pretrained()
-    unknown = [name for name in args.names if name not in known]
+    known_imaging = list_imaging_pretrained()
+    unknown = [name for name in args.names if name not in known and name not in known_imaging]
     if unknown:
-        parser.error(f"unknown models {', '.join(unknown)} in {checkpoints_dir()}; available: {', '.join(known) or 'none'}")
-    return run_verify(args.names, args.tolerance_db)
+        available = ", ".join([*known, *known_imaging]) or "none"
+        parser.error(f"unknown models {', '.join(unknown)} in {checkpoints_dir()}; available: {available}")
+    sparse = [name for name in args.names if name in known] if args.names else known
+    imaging = [name for name in args.names if name in known_imaging] if args.names else known_imaging
+    status = 0
+    # With nothing to verify at all, run_verify reports the empty folder as an error.
+    if sparse or not imaging:
+        status = run_verify(sparse, args.tolerance_db)
+    if imaging:
+        status = max(status, run_verify_imaging(imaging))
+    return status
 
 
 if __name__ == "__main__":

@@ -267,6 +267,7 @@ def run_admm(
     trace: bool = False,
     progress: bool = False,
     name: str = "ADMM",
+    callback: Callable[[int, Tensor], None] | None = None,
 ) -> ADMMResult:
     """Run scaled-form ADMM on ``splitting`` from ``x0``, with z⁰ = Kx⁰ − c and u⁰ = 0.
 
@@ -288,6 +289,8 @@ def run_admm(
         trace: record an :class:`ADMMTrace`.
         progress: show a progress bar.
         name: label of the progress bar and of the log lines.
+        callback: called as ``callback(k, x)`` with the iterate after every iteration k (1-based),
+            for measurements that the trace does not make; its time counts in the trace's clock.
     """
     check_penalty(rho)
     check_stopping(max_iter, abs_tol, rel_tol)
@@ -331,6 +334,8 @@ def run_admm(
         converged = (primal <= primal_tol) & (dual <= dual_tol)
         if recorder is not None:
             recorder.record(x, primal, dual, current_rho)
+        if callback is not None:
+            callback(n_iter, x)
         if bool(converged.all()):
             break
 

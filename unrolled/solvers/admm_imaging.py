@@ -212,6 +212,7 @@ def _solve(
     reference: Tensor | None,
     trace: bool,
     progress: bool,
+    callback: Callable[[int, Tensor], None] | None = None,
     name: str,
 ) -> ADMMResult:
     """Check the arguments shared by :func:`admm_tv` and :func:`admm_wavelet`, build the splitting and run it."""
@@ -278,6 +279,7 @@ def _solve(
     return run_admm(
         splitting, x0, rho, batch_shape, max_iter=max_iter, abs_tol=abs_tol, rel_tol=rel_tol,
         residual_balancing=residual_balancing, reference=reference, trace=trace, progress=progress, name=name,
+        callback=callback,
     )
 
 
@@ -336,6 +338,7 @@ def admm_tv(
     reference: Tensor | None = None,
     trace: bool = False,
     progress: bool = False,
+    callback: Callable[[int, Tensor], None] | None = None,
 ) -> ADMMResult:
     r"""ADMM for :math:`\min_x D(Ax - y) + \mathrm{reg}\cdot\mathrm{TV}(x)`, e.g. :math:`\tfrac12\|Ax - y\|_2^2 + \mathrm{reg}\cdot\mathrm{TV}(x)`.
 
@@ -372,6 +375,7 @@ def admm_tv(
         reference: ground-truth image, broadcastable to x, for the PSNR column of the trace.
         trace: record an :class:`~unrolled.solvers.admm.ADMMTrace`.
         progress: show a progress bar.
+        callback: called as ``callback(k, x)`` after every iteration k (see :func:`unrolled.solvers.admm.run_admm`).
 
     Raises:
         ValueError: ``reg`` is negative, ``rho`` is not positive, y or x0 does not match the
@@ -399,7 +403,7 @@ def admm_tv(
         operator, y, reg, rho, gradient_block, lambda x: total_variation(x, isotropic, boundary),
         data_term=data_term, huber_delta=huber_delta, box=box, x_solver=x_solver, cg_max_iter=cg_max_iter,
         cg_tol=cg_tol, max_iter=max_iter, abs_tol=abs_tol, rel_tol=rel_tol, residual_balancing=residual_balancing,
-        x0=x0, reference=reference, trace=trace, progress=progress, name="ADMM-TV",
+        x0=x0, reference=reference, trace=trace, progress=progress, name="ADMM-TV", callback=callback,
     )
 
 
@@ -425,6 +429,7 @@ def admm_wavelet(
     reference: Tensor | None = None,
     trace: bool = False,
     progress: bool = False,
+    callback: Callable[[int, Tensor], None] | None = None,
 ) -> ADMMResult:
     r"""ADMM for :math:`\min_x D(Ax - y) + \mathrm{reg}\,\|Wx\|_1` with an orthonormal wavelet transform W.
 
@@ -455,5 +460,5 @@ def admm_wavelet(
         operator, y, reg, rho, wavelet_block, l1_norm,
         data_term=data_term, huber_delta=huber_delta, box=box, x_solver=x_solver, cg_max_iter=cg_max_iter,
         cg_tol=cg_tol, max_iter=max_iter, abs_tol=abs_tol, rel_tol=rel_tol, residual_balancing=residual_balancing,
-        x0=x0, reference=reference, trace=trace, progress=progress, name="ADMM-wavelet",
+        x0=x0, reference=reference, trace=trace, progress=progress, name="ADMM-wavelet", callback=callback,
     )

@@ -316,6 +316,7 @@ def proximal_gradient(
     data_range: float = 1.0,
     trace: bool = False,
     progress: bool = False,
+    callback: Callable[[int, Tensor], None] | None = None,
 ) -> ProximalGradientResult:
     r"""ISTA or FISTA for :math:`\min_x \tfrac12\|Ax - y\|^2 + \mathrm{reg}\,g(Wx)`, batched over the leading dimensions of ``y``.
 
@@ -362,6 +363,7 @@ def proximal_gradient(
         data_range: peak value of the PSNR, 1 for images on the [0, 1] scale.
         trace: record an :class:`ImageTrace` (entry k is the iterate after k iterations).
         progress: show a progress bar.
+        callback: called as ``callback(k, x)`` with the iterate after every iteration k (1-based).
 
     Raises:
         ValueError: an argument is out of range, or the penalty is needed but unknown for ``prox``.
@@ -419,6 +421,8 @@ def proximal_gradient(
                 t_next = torch.where(increased, 1.0, t_next)
                 x_objective = new_objective
             x_prev, x, t = x, x_new, t_next
+        if callback is not None:
+            callback(n_iter, x)
         if _converged(x, x_prev, tol, image_ndim):
             break
     if recorder is not None:
