@@ -1,6 +1,8 @@
 """Compare trained unrolled networks with ISTA and FISTA: ``python compare.py runs=[RUN_DIR,...] pretrained=[NAME,...]``.
 
-Hydra composes ``conf/compare.yaml``; the work is done by :func:`unrolled.report.make_report`. Any
+Hydra composes ``conf/compare.yaml``; the work is done by :func:`unrolled.report.make_report`, or
+for imaging models (ISTA-Net+, ADMM-Net, unrolled PGD) by :func:`unrolled.report.imaging.imaging_report`,
+which sets their PSNR per stage beside the task's classical solvers per iteration. Any
 number of run folders and shipped models can be named, but all of them must be trained on the same
 problem (the same spec), so that their per-layer curves and ISTA and FISTA share one figure. The
 output folder (Hydra's run folder unless ``output_dir`` is given) receives ``report.md``,
@@ -9,6 +11,7 @@ output folder (Hydra's run folder unless ``output_dir`` is given) receives ``rep
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -18,7 +21,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from models import hub
+from models.hub.imaging import IMAGING_CARD_FORMAT, list_imaging_pretrained, load_imaging_pretrained, load_imaging_run
 from unrolled.report import ReportConfig, check_one_problem, make_report
+from unrolled.report.imaging import imaging_report, write_imaging_report
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +76,35 @@ def report_config(cfg: DictConfig) -> ReportConfig:
     )
 
 
+def is_imaging_run(folder: str) -> bool:
+    """Return whether the run folder holds an imaging model card (ISTA-Net+, ADMM-Net, unrolled PGD)."""
+    card = Path(folder) / hub.CARD_FILE
+    return card.is_file() and json.loads(card.read_text()).get("format") == IMAGING_CARD_FORMAT
+
+
+def run_imaging_compare(cfg: DictConfig) -> Path:
+    """Compare imaging models (all trained on one task) with the task's classical methods; return the path of ``report.md``."""
+    models = [load_imaging_run(path) for path in cfg.runs] + [load_imaging_pretrained(name) for name in cfg.pretrained]
+    tasks = {json.dumps(model.task.spec(), sort_keys=True) for model in models}
+    if len(tasks) > 1:
+        described = "; ".join(f"{model.name}: {model.task.spec()}" for model in models)
+        raise ValueError(f"the imaging models were trained on different tasks, so they cannot share one report: {described}.")
+    networks = {model.name: model.network for model in models}
+    report = imaging_report(
+        networks, models[0].task, max_iter=int(cfg.max_iter), timing_repeats=int(cfg.timing_repeats), val_size=int(cfg.imaging_val_size), progress=log.info
+    )
+    return write_imaging_report(report, Path(cfg.output_dir))["markdown"]
+
+
 def run_compare(cfg: DictConfig) -> Path:
     """Load the models named in ``cfg``, write the report into ``cfg.output_dir`` and return the path of ``report.md``."""
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))
+    imaging = [path for path in cfg.runs if is_imaging_run(path)] + [name for name in cfg.pretrained if name in list_imaging_pretrained()]
+    if imaging:
+        if len(imaging) != len(cfg.runs) + len(cfg.pretrained):
+            raise ValueError(f"imaging models {imaging} cannot share a report with sparse-coding models; compare them separately.")
+        return run_imaging_compare(cfg)
     config = report_config(cfg)
     models = load_models(list(cfg.runs), list(cfg.pretrained))
     _, paths = make_report(models, Path(cfg.output_dir), config)

@@ -67,6 +67,13 @@ class ImagingBatch:
     def __len__(self) -> int:
         return self.x.shape[0]
 
+    def head(self, n: int) -> ImagingBatch:
+        """Return the first ``n`` images (all of them when there are fewer), with their masks where each image has its own."""
+        operator = self.operator
+        if isinstance(operator, PixelMask) and operator.mask.ndim == 3:
+            operator = PixelMask(operator.mask[:n])
+        return ImagingBatch(self.x[:n], self.y[:n], operator, self.noise_std[:n], self.crop)
+
     def to(self, dtype: torch.dtype) -> ImagingBatch:
         """Return the batch with ``x``, ``y`` and ``noise_std`` cast (complex ``y`` keeps its complex kind)."""
         y_dtype = dtype.to_complex() if torch.is_complex(self.y) else dtype

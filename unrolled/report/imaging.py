@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,6 +29,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
+from unrolled.files import write_atomic
 from unrolled.image_metrics import psnr, ssim
 from unrolled.prox import prox_l1
 from unrolled.problems.imaging_tasks import ImagingBatch, ImagingTask, psnr_crop
@@ -209,18 +212,19 @@ def imaging_report(
     task: ImagingTask,
     max_iter: int = 1000,
     timing_repeats: int = 3,
+    val_size: int = 8,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Compare ``networks`` (name to network, all for ``task``) with the task's classical methods on its test set.
 
     Returns plain data: the task spec, per network the PSNR/SSIM per stage and the forward time,
-    per method the selected reg with the validation scores, the test PSNR curve at
+    per method the reg selected on the first ``val_size`` validation images with their scores, the test PSNR curve at
     :func:`iteration_checkpoints`, final PSNR/SSIM and the time of ``max_iter`` iterations, and the
     iterations each method needs to match each network's stage counts.
     """
     say = progress or (lambda message: None)
     test = task.fixed_set("test").to(torch.float32)
-    val = task.fixed_set("val").to(torch.float32)
+    val = task.fixed_set("val").to(torch.float32).head(val_size)
     checkpoints = iteration_checkpoints(max_iter)
     report: dict[str, Any] = {"task": task.spec(), "max_iter": max_iter, "checkpoints": checkpoints, "n_test_images": len(test)}
 
@@ -314,4 +318,16 @@ __all__ = [
     "render_markdown",
     "render_png",
     "select_reg",
+    "write_imaging_report",
 ]
+
+
+def write_imaging_report(report: dict[str, Any], output_dir: str | Path) -> dict[str, Path]:
+    """Write ``report.json``, ``report.png`` and ``report.md`` of an imaging report atomically; return their paths by format."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": output_dir / "report.json", "png": output_dir / "report.png", "markdown": output_dir / "report.md"}
+    write_atomic(paths["json"], (json.dumps(report, indent=1) + "\n").encode())
+    write_atomic(paths["png"], render_png(report))
+    write_atomic(paths["markdown"], (render_markdown(report) + "\n![PSNR against stages and iterations](report.png)\n").encode())
+    return paths
