@@ -16,6 +16,8 @@ from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.strategies import DDPStrategy
 
 from models import NETWORKS
+from models.imaging import IMAGING_NETWORKS
+from models.imaging_training import build_imaging_module
 from models.layerwise import LayerwiseTraining
 from models.module import LOSSES, UnrolledModule
 from models.trainer import build_trainer
@@ -23,6 +25,7 @@ from models.training import build_module, build_protocol_callbacks, protocol_nam
 from models.variance_reduced import STOCHASTIC_NETWORKS, VarianceReducedModule
 from models.variance_reduced_training import build_variance_reduced_module
 from unrolled.problems import PROBLEMS, build_problem
+from unrolled.problems.imaging_tasks import IMAGING_TASKS, build_imaging_task
 from unrolled.problems.instance_family import FAMILIES, build_family
 
 pytestmark = pytest.mark.usefixtures("zoo_checkpoints")
@@ -92,6 +95,9 @@ def test_experiment_composes(compose_train, experiment):
     if config["problem"]["name"] in FAMILIES:
         assert config["model"]["name"] in STOCHASTIC_NETWORKS
         assert config["monitor"] == "val/log10_subopt"
+    elif config["problem"]["name"] in IMAGING_TASKS:
+        assert config["model"]["name"] in IMAGING_NETWORKS
+        assert config["monitor"] == "val/mse"
     else:
         assert config["model"]["name"] in NETWORKS
         assert config["problem"]["name"] in PROBLEMS
@@ -148,6 +154,10 @@ def test_experiment_builds_module(compose_train, experiment):
         module = build_variance_reduced_module(config)
         assert isinstance(module.network, STOCHASTIC_NETWORKS[config["model"]["name"]])
         assert module.family.spec() == config["problem"]
+    elif config["problem"]["name"] in IMAGING_TASKS:
+        module = build_imaging_module(config)
+        assert isinstance(module.network, IMAGING_NETWORKS[config["model"]["name"]])
+        assert module.task.spec() == config["problem"]
     else:
         module = build_module(config)
         assert isinstance(module.network, NETWORKS[config["model"]["name"]])
@@ -192,14 +202,16 @@ def test_slista_option_lasso(compose_train):
 
 
 def test_model_options_cover_registry():
-    assert _options("model") == sorted([*NETWORKS, *STOCHASTIC_NETWORKS])
+    assert _options("model") == sorted([*NETWORKS, *STOCHASTIC_NETWORKS, *IMAGING_NETWORKS])
 
 
 @pytest.mark.parametrize("problem", _options("problem"))
 def test_problem_option(compose_train, problem):
     config = _job_config(compose_train([f"problem={problem}"]))
 
-    rebuilt = (build_family if config["problem"]["name"] in FAMILIES else build_problem)(config["problem"])
+    name = config["problem"]["name"]
+    rebuild = build_family if name in FAMILIES else build_imaging_task if name in IMAGING_TASKS else build_problem
+    rebuilt = rebuild(config["problem"])
 
     assert rebuilt.spec() == config["problem"]
 

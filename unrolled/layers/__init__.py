@@ -9,11 +9,16 @@ from unrolled.layers.lfista import LFISTA
 from unrolled.layers.lista import LISTA, LISTASS
 from unrolled.layers.lista_cp import LISTACP, LISTACPSS
 from unrolled.layers.slista import SLISTA
+from unrolled.layers.admm_net import ADMMNet
+from unrolled.layers.ista_net import ISTANetPlus
+from unrolled.layers.pgd_cnn import UnrolledPGDCNN
 
 __all__ = [
+    "ADMMNet",
     "ALISTA",
     "GLISTA",
     "HyperLISTA",
+    "ISTANetPlus",
     "LAMP",
     "LFISTA",
     "LISTA",
@@ -23,6 +28,7 @@ __all__ = [
     "SLISTA",
     "TiLISTA",
     "UnrolledISTA",
+    "UnrolledPGDCNN",
     "alista_weight",
     "mutual_coherence",
     "support_bypass_fraction",

@@ -7,6 +7,7 @@ from typing import Any
 
 from unrolled.problems.base import Problem, seeded_generator
 from unrolled.problems.image_patches import ImagePatchCS
+from unrolled.problems.imaging_tasks import BlockCSTask, ImagingBatch, ImagingTask, InpaintingTask, MRITask, build_imaging_task
 from unrolled.problems.sparse_coding import SparseCoding, gaussian_operator
 
 PROBLEMS: dict[str, type[Problem]] = {SparseCoding.name: SparseCoding, ImagePatchCS.name: ImagePatchCS}
@@ -25,4 +26,18 @@ def build_problem(spec: dict[str, Any]) -> Problem:
     return PROBLEMS[name](**spec)
 
 
-__all__ = ["PROBLEMS", "ImagePatchCS", "Problem", "SparseCoding", "build_problem", "gaussian_operator", "seeded_generator"]
+__all__ = [
+    "PROBLEMS",
+    "BlockCSTask",
+    "ImagePatchCS",
+    "ImagingBatch",
+    "ImagingTask",
+    "InpaintingTask",
+    "MRITask",
+    "Problem",
+    "SparseCoding",
+    "build_imaging_task",
+    "build_problem",
+    "gaussian_operator",
+    "seeded_generator",
+]

@@ -260,6 +260,8 @@ class InpaintingTask(ImagingTask):
         self.outlier_fraction = outlier_fraction
         self.patch_size = patch_size
         self.test_size = test_size
+        # The arguments as given (None included), so that spec() rebuilds the task from the same config.
+        self.test_setting = {"test_observed_ratio": test_observed_ratio, "test_sigma_255": test_sigma_255}
         self.test_observed_ratio = test_observed_ratio if test_observed_ratio is not None else sum(self.observed_range) / 2
         self.test_sigma_255 = test_sigma_255 if test_sigma_255 is not None else sum(self.sigma_range) / 2
         self.n_val = n_val
@@ -275,8 +277,7 @@ class InpaintingTask(ImagingTask):
             "outlier_fraction": self.outlier_fraction,
             "patch_size": self.patch_size,
             "test_size": self.test_size,
-            "test_observed_ratio": self.test_observed_ratio,
-            "test_sigma_255": self.test_sigma_255,
+            **self.test_setting,
             "n_val": self.n_val,
             **{f"{split}_seed": seed for split, seed in self.seeds.items()},
         }
