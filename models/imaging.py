@@ -177,8 +177,8 @@ class ImagingModule(TimedTraining):
         self.test_results: dict[str, Any] | None = None
 
     def setup(self, stage: str) -> None:
-        # The fitted initialisation is part of the weights, so a resumed run or a test restores it
-        # from the checkpoint; fitting it once before the first step keeps runs reproducible.
+        # ISTA-Net+'s initialisation is fitted before the first step. It is part of the weights, so on
+        # resume the checkpoint, which Lightning loads after setup, replaces the refitted one.
         if stage == "fit" and self.global_step == 0:
             fit_initialization(self.network, self.task, self.hparams.init_seed)
 

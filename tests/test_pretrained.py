@@ -11,6 +11,7 @@ import torch
 
 import models
 from models.hub import checkpoints_dir
+from models.hub.imaging import verify_imaging_model
 from models.timm_entrypoints import entrypoint_name
 from unrolled.metrics import nmse_db, nmse_db_per_sample, psnr_db
 from unrolled.problems import SparseCoding
@@ -185,3 +186,20 @@ def test_pretrained_wrong_measurement_length():
 
     with pytest.raises(ValueError, match=r"y must have shape \(\.\.\., m\) with m = A.shape\[0\] = 250, got shape \(4, 500\)"):
         network(torch.zeros(4, 500))
+
+
+IMAGING_PRETRAINED = models.list_imaging_pretrained()
+
+
+def test_zoo_ships_one_imaging_model_per_family():
+    networks = {name.partition(".")[0] for name in IMAGING_PRETRAINED}
+    assert {"ista_net_plus", "admm_net", "pgd_cnn"} <= networks
+
+
+@pytest.mark.parametrize("name", IMAGING_PRETRAINED)
+def test_imaging_card_metrics_remeasure(name):
+    verification = verify_imaging_model(name)
+
+    assert verification.error is None, verification.error
+    assert verification.max_psnr_deviation_db <= 0.1
+    assert verification.max_ssim_deviation <= 1e-3
