@@ -44,7 +44,16 @@ def check_imaging_config(config: dict[str, Any]) -> None:
     if name not in IMAGING_NETWORKS:
         raise ValueError(
             f"problem {config['problem']['name']!r} is an imaging task, which only the networks {sorted(IMAGING_NETWORKS)} "
-            f"solve, got model={name}. Pass for example model=ista_net_plus, or use experiment=ista_net_plus_cs25."
+            f"solve, got model={name}. Pass one of them, or an experiment: ista_net_plus_cs25, admm_net_mri, pgd_cnn_inpainting."
+        )
+    task_name = config["problem"]["name"]
+    if name == "ista_net_plus" and task_name != "block_cs":
+        raise ValueError(f"ista_net_plus reconstructs block compressive sensing only (problem=block_cs), got problem={task_name}.")
+    kwargs = config["model"].get("kwargs") or {}
+    if name == "pgd_cnn" and task_name == "mri" and not (kwargs.get("complex_domain") and not kwargs.get("condition_on_mask", True)):
+        raise ValueError(
+            "pgd_cnn on problem=mri needs complex images and no image-space mask channel: pass "
+            "+model.kwargs.complex_domain=true model.kwargs.condition_on_mask=false."
         )
     if config.get("init_from"):
         raise ValueError(f"init_from={config['init_from']!r} is not supported for imaging networks yet; pass init_from=null.")

@@ -154,3 +154,19 @@ def test_resume_matches_straight_run(compose_train, tmp_path):
 def test_wrong_network_for_task(compose_train, tmp_path):
     with pytest.raises(ValueError, match="only the networks .* solve, got model=alista"):
         _train(compose_train, tmp_path, [*RUNS["admm_net"], "model=alista"])
+
+
+def test_ista_net_rejects_other_tasks(compose_train, tmp_path):
+    with pytest.raises(ValueError, match="ista_net_plus reconstructs block compressive sensing only"):
+        _train(compose_train, tmp_path, [*RUNS["admm_net"], "model=ista_net_plus"])
+
+
+def test_networks_accept_float64_evaluation_sets():
+    from unrolled.layers import ISTANetPlus, UnrolledPGDCNN
+    from unrolled.problems import BlockCSTask, InpaintingTask
+
+    block = BlockCSTask(test_size=66).fixed_set("test")
+    assert ISTANetPlus(2, channels=4)(block.y, block.operator).dtype == torch.float32
+    inpainting = InpaintingTask(test_size=32).fixed_set("test")
+    estimate = UnrolledPGDCNN(2, channels=4, depth=2)(inpainting.y, inpainting.operator, noise_std=inpainting.noise_std)
+    assert estimate.dtype == torch.float32

@@ -365,3 +365,15 @@ def test_bad_arguments_raise_value_error():
     block_cs = BlockCS(gaussian_block_matrix(0.5, block_size=4), (8, 8))
     with pytest.raises(ValueError, match="x_solver='exact'.*BlockCS"):
         admm_tv(block_cs, block_cs.forward(image), 0.1, x_solver="exact")
+
+
+def test_tv_admm_rejects_mri_mask_without_zero_frequency():
+    from unrolled.operators import MaskedFourier
+    from unrolled.solvers.admm_imaging import admm_tv
+
+    mask = torch.ones(16, 16, dtype=torch.float64)
+    mask[0, :] = 0
+    operator = MaskedFourier(mask)
+    y = operator.forward(torch.rand(16, 16, dtype=torch.float64).to(torch.complex128))
+    with pytest.raises(ValueError, match="does not sample the zero frequency"):
+        admm_tv(operator, y, 0.01, max_iter=2)

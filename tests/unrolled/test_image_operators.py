@@ -211,3 +211,19 @@ def test_real_domain_fourier_rejects_exact_solve():
     operator = MaskedFourier(torch.ones(4, 4), domain="real")
     with pytest.raises(ValueError, match="domain='complex'"):
         operator.solve_normal(torch.zeros(4, 4), 1.0)
+
+
+def test_masks_require_sampled_centre():
+    generator = torch.Generator().manual_seed(8)
+    with pytest.raises(ValueError, match="zero frequency must be sampled"):
+        cartesian_mask((16, 16), 0.25, generator, center_fraction=0.0)
+
+
+def test_solve_normal_rejects_unsampled_zero_frequency():
+    mask = torch.ones(8, 8, dtype=torch.float64)
+    mask[0, :] = 0
+    operator = MaskedFourier(mask)
+    spectrum = torch.rand(8, 8, dtype=torch.float64)
+    spectrum[0, 0] = 0
+    with pytest.raises(ValueError, match="does not sample the zero frequency"):
+        operator.solve_normal(torch.zeros(8, 8, dtype=torch.complex128), 1.0, spectrum)

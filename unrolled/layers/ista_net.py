@@ -190,6 +190,8 @@ class ISTANetPlus(nn.Module):
             raise TypeError(f"ISTA-Net+ needs a BlockCS operator, got {type(operator).__name__}.")
         operator.check_measurements(y)
 
+        # Measurements follow the network's precision (the tasks' evaluation sets are float64).
+        y = y.to(self.phases[0].step_size.dtype)
         x = self.initial_estimate(y, operator)
         symmetry_residuals = []
         estimates: list[Tensor] = []

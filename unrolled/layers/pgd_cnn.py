@@ -152,6 +152,9 @@ class UnrolledPGDCNN(nn.Module):
         """
         self._check_operator(operator)
         operator.check_measurements(y)
+        # Measurements follow the network's precision (the tasks' evaluation sets are float64).
+        real_dtype = self.log_step_scale.dtype
+        y = y.to(real_dtype.to_complex() if torch.is_complex(y) else real_dtype)
         batch_shape = y.shape[: y.ndim - len(operator.out_shape)]
         lipschitz = operator.lipschitz_constant()
         step_sizes = self.step_sizes(lipschitz)

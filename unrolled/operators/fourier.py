@@ -79,6 +79,12 @@ class MaskedFourier(LinearOperator):
             raise ValueError("solve_normal needs domain='complex': in the real domain A^H A is not diagonal in k-space.")
         diagonal = self._mask_for(rhs).square()
         regulariser = torch.ones_like(diagonal) if spectrum is None else spectrum.to(device=rhs.device, dtype=diagonal.dtype)
+        # Finite-difference and zero-mean filter spectra vanish at the zero frequency, where only the mask is left.
+        if spectrum is not None and self.mask[0, 0] == 0 and float(regulariser[0, 0]) == 0:
+            raise ValueError(
+                "the k-space mask does not sample the zero frequency (mask[0, 0] = 0) and the regulariser's spectrum "
+                "is 0 there, so (A^H A + rho K^H K) is singular; sample the centre (center_fraction > 0)."
+            )
         return torch.fft.ifft2(torch.fft.fft2(rhs, norm="ortho") / (diagonal + rho * regulariser), norm="ortho")
 
     def lipschitz_constant(self, **_: object) -> float:
@@ -91,8 +97,11 @@ def _check_sampling(shape: tuple[int, int], observed_ratio: float, center_fracti
         raise ValueError(f"shape must be (H, W) with positive sizes, got {shape}.")
     if not 0.0 < observed_ratio <= 1.0:
         raise ValueError(f"observed_ratio must lie in (0, 1], got {observed_ratio}.")
-    if not 0.0 <= center_fraction <= observed_ratio:
-        raise ValueError(f"center_fraction must lie in [0, observed_ratio = {observed_ratio}], got {center_fraction}.")
+    if not 0.0 < center_fraction <= observed_ratio:
+        raise ValueError(
+            f"center_fraction must lie in (0, observed_ratio = {observed_ratio}], got {center_fraction}: the zero "
+            "frequency must be sampled, because TV-ADMM and ADMM-Net divide by the mask there."
+        )
 
 
 def cartesian_mask(

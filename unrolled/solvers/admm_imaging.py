@@ -101,6 +101,11 @@ def _exact_solver(operator: LinearOperator, spectrum: Tensor | float | None) -> 
     if spectrum is None:
         return None
     if isinstance(operator, MaskedFourier) and operator.complex_domain:
+        if operator.mask[0, 0] == 0 and (not isinstance(spectrum, float) and float(spectrum[0, 0]) == 0):
+            raise ValueError(
+                "the k-space mask does not sample the zero frequency (mask[0, 0] = 0), where the TV spectrum is 0 too, "
+                "so the x-update is singular; sample the centre of k-space (center_fraction > 0)."
+            )
         if isinstance(spectrum, float):
             return lambda rhs, weight: operator.solve_normal(rhs, weight * spectrum)
         return lambda rhs, weight: operator.solve_normal(rhs, weight, spectrum)
@@ -352,8 +357,10 @@ def admm_tv(
         operator: the forward operator A.
         y: measurements of shape (..., *operator.out_shape); the leading dimensions are a batch.
         reg: weight of the TV term, >= 0.
-        rho: initial penalty ρ > 0. Images on the [0, 1] scale with reg around 0.01 to 0.1 work
-            with ρ between 0.1 and 10; ``residual_balancing`` corrects a poor choice.
+        rho: initial penalty ρ > 0. Images on the [0, 1] scale with the ℓ2 data term and reg around
+            0.01 to 0.1 work with ρ between 0.1 and 10; ``residual_balancing`` corrects a poor choice.
+            The ℓ1 data term is on another scale: on inpainting with outliers, reg near 1 worked where
+            0.01 to 0.1 reproduced the outliers.
         data_term: ``"l2"`` (:math:`\tfrac12\|Ax - y\|^2`), ``"l1"`` (:math:`\|Ax - y\|_1`) or
             ``"huber"`` (:math:`\sum_i h_\delta((Ax - y)_i)`).
         huber_delta: δ of the Huber function, > 0, in the units of y.
