@@ -20,7 +20,7 @@ from unrolled.problems.imaging_tasks import ImagingBatch, InpaintingTask
 from unrolled.report.imaging import CG_STEPS, mean_psnr
 from unrolled.solvers.admm_imaging import admm_tv
 
-TV_REG_GRID = (0.01, 0.03, 0.1)
+TV_REG_GRID = (0.01, 0.03, 0.1, 0.3)
 L1_TV_REG_GRID = (0.3, 1.0, 3.0)
 OBSERVED_RATIOS = (0.1, 0.3, 0.5, 0.7, 0.9)
 SIGMAS_255 = (5.0, 15.0, 25.0)
