@@ -108,14 +108,31 @@ def export_imaging_model(
 
 
 def publish_imaging(run_dir: Path, name: str) -> Path:
-    """Copy a run's weights and card into the imaging checkpoints folder as ``<name>.safetensors`` and ``<name>.json``."""
+    """Publish a run's imaging model into the imaging checkpoints folder as ``<name>.safetensors`` and ``<name>.json``.
+
+    The weights are stored in :data:`WEIGHTS_DTYPE` whatever the run's file holds, and the card's
+    test metrics are re-measured on the rounded network, so that ``verify`` reproduces them.
+    """
+    loaded = load_imaging_run(run_dir)
+    network = round_to_storage(loaded.network)
+    metrics = stage_metrics(network, loaded.task.fixed_set("test").to(torch.float32))
     target = imaging_checkpoints_dir()
     target.mkdir(parents=True, exist_ok=True)
-    card = json.loads((Path(run_dir) / CARD_FILE).read_text())
-    card["weights_file"] = f"{name}.safetensors"
-    write_atomic(target / card["weights_file"], (Path(run_dir) / WEIGHTS_FILE).read_bytes())
+    weights_path = target / f"{name}.safetensors"
+    tensors = {
+        key: (value.to(WEIGHTS_DTYPE) if value.is_floating_point() else value).detach().cpu().contiguous()
+        for key, value in network.state_dict().items()
+    }
+    write_atomic(weights_path, save(tensors))
+    card = {
+        **loaded.card,
+        "weights_file": weights_path.name,
+        "weights_dtype": str(WEIGHTS_DTYPE).removeprefix("torch."),
+        "sha256": sha256_file(weights_path),
+        "test_metrics": metrics,
+    }
     write_atomic(target / f"{name}.json", (json.dumps(card, indent=2) + "\n").encode())
-    log.info("Published %s to %s", name, target)
+    log.info("Published %s to %s: test PSNR %.2f dB after %d stages", name, target, metrics["psnr_db"][-1], network.n_layers)
     return target / f"{name}.json"
 
 
