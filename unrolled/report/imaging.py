@@ -76,6 +76,14 @@ def _tv_admm(batch: ImagingBatch, reg: float, max_iter: int, callback=None, data
     return result.x
 
 
+def wavelet_levels(shape: tuple[int, ...]) -> int:
+    """Return :data:`WAVELET_LEVELS`, or fewer where H or W is not divisible by 2**levels (66 × 66 block-CS patches: 1)."""
+    levels = WAVELET_LEVELS
+    while levels > 1 and (shape[-2] % 2**levels or shape[-1] % 2**levels):
+        levels -= 1
+    return levels
+
+
 def _wavelet_admm(batch: ImagingBatch, reg: float, max_iter: int, callback=None) -> Tensor:
     result = admm_wavelet(
         batch.operator,
@@ -83,7 +91,7 @@ def _wavelet_admm(batch: ImagingBatch, reg: float, max_iter: int, callback=None)
         reg,
         ADMM_RHO,
         wavelet=WAVELET,
-        levels=WAVELET_LEVELS,
+        levels=wavelet_levels(batch.operator.in_shape),
         max_iter=max_iter,
         abs_tol=0.0,
         rel_tol=0.0,
@@ -93,7 +101,7 @@ def _wavelet_admm(batch: ImagingBatch, reg: float, max_iter: int, callback=None)
 
 
 def _wavelet_fista(batch: ImagingBatch, reg: float, max_iter: int, callback=None) -> Tensor:
-    transform = Wavelet2D(WAVELET, WAVELET_LEVELS)
+    transform = Wavelet2D(WAVELET, wavelet_levels(batch.operator.in_shape))
     result = proximal_gradient(
         batch.operator, batch.y, prox_l1, reg, transform=transform, max_iter=max_iter, restart="gradient", callback=callback
     )
@@ -118,8 +126,8 @@ def classical_methods(task: ImagingTask) -> dict[str, ClassicalMethod]:
         }
     if task.name == "block_cs":
         return {
-            "tv_admm": ClassicalMethod("tv_admm", _tv_admm, (0.0003, 0.001, 0.003, 0.01)),
-            "wavelet_fista": ClassicalMethod("wavelet_fista", _wavelet_fista, (0.0003, 0.001, 0.003, 0.01)),
+            "tv_admm": ClassicalMethod("tv_admm", _tv_admm, (0.0001, 0.0003, 0.001, 0.003)),
+            "wavelet_fista": ClassicalMethod("wavelet_fista", _wavelet_fista, (0.0001, 0.0003, 0.001, 0.003)),
         }
     methods = {
         "tv_admm": ClassicalMethod("tv_admm", _tv_admm, (0.01, 0.03, 0.1, 0.3)),
