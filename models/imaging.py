@@ -175,11 +175,13 @@ class ImagingModule(TimedTraining):
         self.task = build_imaging_task(task)
         self.network = build_imaging_network(network, n_layers, **(network_kwargs or {}))
         self.test_results: dict[str, Any] | None = None
+        # Set by init_from: the weights, ISTA-Net+'s fitted initialisation included, come from another run.
+        self.initialised_from_weights = False
 
     def setup(self, stage: str) -> None:
         # ISTA-Net+'s initialisation is fitted before the first step. It is part of the weights, so on
         # resume the checkpoint, which Lightning loads after setup, replaces the refitted one.
-        if stage == "fit" and self.global_step == 0:
+        if stage == "fit" and self.global_step == 0 and not self.initialised_from_weights:
             fit_initialization(self.network, self.task, self.hparams.init_seed)
 
     def forward(self, batch: ImagingBatch, all_stages: bool = False) -> Tensor | list[Tensor]:

@@ -9,7 +9,14 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from models.hub.imaging import export_imaging_model, imaging_checkpoints_dir, publish_imaging, round_to_storage
+from models.hub.imaging import (
+    export_imaging_model,
+    imaging_checkpoints_dir,
+    load_imaging_pretrained,
+    load_imaging_run,
+    publish_imaging,
+    round_to_storage,
+)
 from models.imaging import IMAGING_NETWORKS, ImagingDataModule, ImagingModule, stage_metrics
 from models.runs import resume_checkpoint, run_command
 from models.trainer import build_trainer
@@ -55,8 +62,6 @@ def check_imaging_config(config: dict[str, Any]) -> None:
             "pgd_cnn on problem=mri needs complex images and no image-space mask channel: pass "
             "+model.kwargs.complex_domain=true model.kwargs.condition_on_mask=false."
         )
-    if config.get("init_from"):
-        raise ValueError(f"init_from={config['init_from']!r} is not supported for imaging networks yet; pass init_from=null.")
     if (config.get("protocol") or {}).get("name", "end_to_end") != "end_to_end":
         raise ValueError("imaging networks train end to end only; pass protocol=end_to_end.")
     target = imaging_checkpoints_dir() / f"{config.get('publish_as')}.json"
@@ -72,12 +77,32 @@ def check_imaging_config(config: dict[str, Any]) -> None:
         )
 
 
+def load_imaging_initial_weights(module: ImagingModule, source: str) -> dict[str, Any]:
+    """Copy the network weights of a run folder or a shipped imaging model into ``module``; return what was loaded.
+
+    The source must hold the same network with the same depth and constructor arguments; ISTA-Net+'s
+    fitted initialisation comes with the weights, so it is not refitted.
+    """
+    loaded = load_imaging_run(source) if Path(source).is_dir() else load_imaging_pretrained(source)
+    expected = (module.hparams.network, module.hparams.n_layers, module.hparams.network_kwargs or {})
+    found = (loaded.card["network"], loaded.card["n_layers"], loaded.card["network_kwargs"])
+    if found != expected:
+        raise ValueError(
+            f"init_from={source!r} holds network {found[0]} with {found[1]} stages and arguments {found[2]}, "
+            f"but this run builds {expected[0]} with {expected[1]} stages and arguments {expected[2]}; they must match."
+        )
+    module.network.load_state_dict({key: value.float() for key, value in loaded.network.state_dict().items()}, strict=True)
+    module.initialised_from_weights = True
+    return {"source": source, "sha256": loaded.card["sha256"], "test_psnr_db": loaded.card["test_metrics"]["psnr_db"][-1]}
+
+
 def train_imaging(
     config: dict[str, Any], run_dir: Path, callbacks: list[pl.Callback], loggers: list[Any], run_record: dict[str, Any]
 ) -> dict[str, Any]:
     """Fit, test the best checkpoint stage by stage, write weights and card into ``run_dir``; return a summary."""
     check_imaging_config(config)
     module = build_imaging_module(config)
+    initialised_from = load_imaging_initial_weights(module, config["init_from"]) if config.get("init_from") else None
     data = ImagingDataModule(module.task, batch_size=config["data"]["batch_size"], steps_per_epoch=config["data"]["steps_per_epoch"])
     trainer = build_trainer(config["trainer"], run_dir, callbacks, loggers)
     resume_from = resume_checkpoint(config, run_dir)
@@ -102,6 +127,7 @@ def train_imaging(
             "resumed_from": str(resume_from) if resume_from else None,
             "first_command": run_record["command"],
             "accelerator": type(trainer.accelerator).__name__,
+            "init_from": initialised_from,
         },
     }
     card_path = export_imaging_model(run_dir, config["model"]["name"], network, config["model"].get("kwargs") or {}, module.task, extra)

@@ -170,3 +170,26 @@ def test_networks_accept_float64_evaluation_sets():
     inpainting = InpaintingTask(test_size=32).fixed_set("test")
     estimate = UnrolledPGDCNN(2, channels=4, depth=2)(inpainting.y, inpainting.operator, noise_std=inpainting.noise_std)
     assert estimate.dtype == torch.float32
+
+
+def test_init_from_run_starts_from_its_weights(compose_train, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    overrides = RUNS["ista_net_plus"]
+    _train(compose_train, first, overrides)
+    # A learning rate of 1e-12 keeps the weights of the second run within Adam's step of the first's.
+    _train(compose_train, second, [*overrides, f"init_from={first}", "model.optim.lr=1e-12"])
+
+    before = load_imaging_run(first).network.state_dict()
+    after = load_imaging_run(second).network.state_dict()
+    assert set(before) == set(after)
+    for key, value in before.items():
+        torch.testing.assert_close(after[key], value, rtol=0, atol=1e-6, msg=key)
+    card = json.loads((second / CARD_FILE).read_text())
+    assert card["training"]["init_from"]["source"] == str(first)
+
+
+def test_init_from_other_network_is_rejected(compose_train, tmp_path):
+    first = tmp_path / "first"
+    _train(compose_train, first, RUNS["admm_net"])
+    with pytest.raises(ValueError, match="must match"):
+        _train(compose_train, tmp_path / "second", [*RUNS["admm_net"], "model.n_layers=3", f"init_from={first}"])
