@@ -76,6 +76,14 @@ def round_to_storage(network: nn.Module) -> nn.Module:
     return network
 
 
+def storage_tensors(network: nn.Module) -> dict[str, torch.Tensor]:
+    """Return the state dict of ``network`` for the weights file: floating tensors in :data:`WEIGHTS_DTYPE`, on the CPU."""
+    return {
+        key: (value.to(WEIGHTS_DTYPE) if value.is_floating_point() else value).detach().cpu().contiguous()
+        for key, value in network.state_dict().items()
+    }
+
+
 def export_imaging_model(
     folder: Path, network_name: str, network: nn.Module, network_kwargs: dict[str, Any], task: ImagingTask, extra: dict[str, Any]
 ) -> Path:
@@ -85,11 +93,7 @@ def export_imaging_model(
     metrics, so that the card describes the stored weights.
     """
     weights_path = Path(folder) / WEIGHTS_FILE
-    tensors = {
-        key: (value.to(WEIGHTS_DTYPE) if value.is_floating_point() else value).detach().cpu().contiguous()
-        for key, value in network.state_dict().items()
-    }
-    write_atomic(weights_path, save(tensors))
+    write_atomic(weights_path, save(storage_tensors(network)))
     card = {
         "format": IMAGING_CARD_FORMAT,
         "network": network_name,
@@ -119,11 +123,7 @@ def publish_imaging(run_dir: Path, name: str) -> Path:
     target = imaging_checkpoints_dir()
     target.mkdir(parents=True, exist_ok=True)
     weights_path = target / f"{name}.safetensors"
-    tensors = {
-        key: (value.to(WEIGHTS_DTYPE) if value.is_floating_point() else value).detach().cpu().contiguous()
-        for key, value in network.state_dict().items()
-    }
-    write_atomic(weights_path, save(tensors))
+    write_atomic(weights_path, save(storage_tensors(network)))
     card = {
         **loaded.card,
         "weights_file": weights_path.name,
