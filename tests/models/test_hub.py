@@ -443,8 +443,11 @@ def test_cli_list_shipped():
 
     assert completed.returncode == 0, completed.stderr
     assert "RuntimeWarning" not in completed.stderr
-    names = [line.split()[0] for line in completed.stdout.splitlines()[2:]]
+    sparse_table, _, imaging_table = completed.stdout.partition("\n\n")
+    names = [line.split()[0] for line in sparse_table.splitlines()[2:]]
     assert names == sorted(path.stem for path in SHIPPED.glob("*.json"))
+    imaging_names = [line.split()[0] for line in imaging_table.splitlines()[2:]]
+    assert imaging_names == sorted(path.stem for path in (SHIPPED / "imaging").glob("*.json"))
 
 
 def test_cli_verify_shipped_small():
