@@ -227,3 +227,18 @@ def test_solve_normal_rejects_unsampled_zero_frequency():
     spectrum[0, 0] = 0
     with pytest.raises(ValueError, match="does not sample the zero frequency"):
         operator.solve_normal(torch.zeros(8, 8, dtype=torch.complex128), 1.0, spectrum)
+
+
+def test_per_image_masks_reject_other_batch():
+    operator = PixelMask(torch.ones(3, 8, 8))
+    with pytest.raises(ValueError, match=r"\(2, 8, 8\).*per-image masks"):
+        operator.forward(torch.zeros(2, 8, 8))
+    with pytest.raises(ValueError, match="per-image masks"):
+        operator.forward(torch.zeros(8, 8))
+
+
+def test_fourier_rejects_nan_mask():
+    mask = torch.ones(4, 4)
+    mask[1, 1] = math.nan
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        MaskedFourier(mask)

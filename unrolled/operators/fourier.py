@@ -37,6 +37,8 @@ class MaskedFourier(LinearOperator):
             raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}.")
         if mask.ndim != 2 or torch.is_complex(mask) or not mask.is_floating_point():
             raise ValueError(f"mask must be a real floating (H, W) tensor, got shape {tuple(mask.shape)} and dtype {mask.dtype}.")
+        if not torch.isfinite(mask).all():
+            raise ValueError("mask contains NaN or Inf entries; expected finite k-space weights (1 = sampled, 0 = not sampled).")
         self.mask = mask
         self.domain = domain
         self.complex_domain = domain == "complex"

@@ -36,6 +36,12 @@ class PixelMask(LinearOperator):
     def _mask_for(self, x: Tensor) -> Tensor:
         if tuple(x.shape[-2:]) != self.in_shape:
             raise ValueError(f"image of shape {tuple(x.shape)} does not match the mask of shape {tuple(self.mask.shape)}.")
+        # One mask per image: the batch dimensions must be the masks' own, not broadcast against them.
+        if self.mask.ndim > 2 and tuple(x.shape[:-2]) != tuple(self.mask.shape[:-2]):
+            raise ValueError(
+                f"a batch of shape {tuple(x.shape)} does not match the {tuple(self.mask.shape[:-2])} per-image masks "
+                f"of shape {tuple(self.mask.shape)}; pass one image per mask."
+            )
         return self.mask.to(device=x.device, dtype=x.real.dtype)
 
     def forward(self, x: Tensor) -> Tensor:
