@@ -77,7 +77,7 @@ def report_config(cfg: DictConfig) -> ReportConfig:
 
 
 def is_imaging_run(folder: str) -> bool:
-    """Return whether the run folder holds an imaging model card (ISTA-Net+, ADMM-Net, unrolled PGD)."""
+    """Return whether the run folder contains an imaging model card (ISTA-Net+, ADMM-Net, unrolled PGD)."""
     card = Path(folder) / hub.CARD_FILE
     return card.is_file() and json.loads(card.read_text()).get("format") == IMAGING_CARD_FORMAT
 

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from models.data import TrainerEpochSampler
-from models.module import NonFiniteLossError, TimedTraining, with_lr_schedule
+from models.module import NonFiniteLossError, TimedTraining, check_training_loss, with_lr_schedule
 from models.registry import unknown_name_error
 from unrolled.image_metrics import psnr, ssim
 from unrolled.layers.admm_net import ADMMNet
@@ -194,12 +194,7 @@ class ImagingModule(TimedTraining):
         auxiliary = getattr(self.network, "auxiliary_loss", None)
         if auxiliary is not None and self.hparams.auxiliary_weight > 0:
             loss = loss + self.hparams.auxiliary_weight * auxiliary()
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"training loss is {loss.item()} at global step {self.global_step} (epoch {self.current_epoch}); "
-                "training stopped and the checkpoints already written are kept. "
-                "Lower the learning rate or set trainer.gradient_clip_val."
-            )
+        check_training_loss(self, loss)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/mse", mse)
         return loss

@@ -88,7 +88,7 @@ def load_imaging_initial_weights(module: ImagingModule, source: str) -> dict[str
     found = (loaded.card["network"], loaded.card["n_layers"], loaded.card["network_kwargs"])
     if found != expected:
         raise ValueError(
-            f"init_from={source!r} holds network {found[0]} with {found[1]} stages and arguments {found[2]}, "
+            f"init_from={source!r} contains network {found[0]} with {found[1]} stages and arguments {found[2]}, "
             f"but this run builds {expected[0]} with {expected[1]} stages and arguments {expected[2]}; they must match."
         )
     module.network.load_state_dict({key: value.float() for key, value in loaded.network.state_dict().items()}, strict=True)

@@ -28,6 +28,16 @@ class NonFiniteLossError(FloatingPointError):
     """Raised when the training loss or the model's parameters stop being finite."""
 
 
+def check_training_loss(module: pl.LightningModule, loss: Tensor) -> None:
+    """Raise :class:`NonFiniteLossError` when ``loss`` is NaN or infinite, naming the step, so that no NaN model is saved."""
+    if not torch.isfinite(loss):
+        raise NonFiniteLossError(
+            f"training loss is {loss.item()} at global step {module.global_step} (epoch {module.current_epoch}); "
+            "training stopped and the checkpoints already written are kept. "
+            "Lower the learning rate or set trainer.gradient_clip_val."
+        )
+
+
 class TimedTraining(pl.LightningModule):
     """Counts training wall-clock time over every session of a resumed run (stored in the checkpoints)."""
 
@@ -172,12 +182,7 @@ class UnrolledModule(TimedTraining):
         # Only mse_all needs every layer's estimate; the other losses let the earlier ones be freed.
         x_hats = self.run_network(y, n_layers=self.active_layer, all_layers=self.hparams.loss == "mse_all")
         loss = self.compute_loss(x_hats, x, y)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"training loss is {loss.item()} at global step {self.global_step} (epoch {self.current_epoch}); "
-                "training stopped and the checkpoints already written are kept. "
-                "Lower the learning rate or set trainer.gradient_clip_val."
-            )
+        check_training_loss(self, loss)
         self.log("train/loss", loss, prog_bar=True)
         if self.hparams.loss == "lasso":
             self.log("train/lasso_objective", loss)

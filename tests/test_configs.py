@@ -210,7 +210,11 @@ def test_problem_option(compose_train, problem):
     config = _job_config(compose_train([f"problem={problem}"]))
 
     name = config["problem"]["name"]
-    rebuild = build_family if name in FAMILIES else build_imaging_task if name in IMAGING_TASKS else build_problem
+    rebuild = build_problem
+    if name in FAMILIES:
+        rebuild = build_family
+    elif name in IMAGING_TASKS:
+        rebuild = build_imaging_task
     rebuilt = rebuild(config["problem"])
 
     assert rebuilt.spec() == config["problem"]

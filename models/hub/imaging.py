@@ -27,7 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
 
-from models.hub.loading import CARD_FILE, WEIGHTS_FILE, checkpoints_dir, sha256_file
+from models.hub.loading import CARD_FILE, WEIGHTS_FILE, check_sha256, checkpoints_dir, sha256_file
 from models.imaging import IMAGING_NETWORKS, build_imaging_network, stage_metrics
 from models.registry import unknown_name_error
 from unrolled.files import write_atomic
@@ -158,12 +158,7 @@ def load_imaging_card(card_path: Path, name: str) -> LoadedImagingModel:
     """Load the imaging network of a card after checking the card and the sha256 of its weights (float32, eval mode)."""
     card = read_imaging_card(card_path)
     weights_path = Path(card_path).parent / card["weights_file"]
-    actual = sha256_file(weights_path)
-    if actual != card["sha256"]:
-        raise ValueError(
-            f"sha256 of {weights_path} is {actual}, but its card {card_path} records {card['sha256']}; "
-            "the file is corrupt or was replaced. Nothing was loaded: restore the file or re-export the model."
-        )
+    check_sha256(weights_path, card, card_path)
     network = build_imaging_network(card["network"], card["n_layers"], **card["network_kwargs"])
     state = {key: value.float() if value.is_floating_point() else value for key, value in load_file(str(weights_path)).items()}
     network.load_state_dict(state, strict=True)

@@ -122,6 +122,16 @@ def check_operator_matches(name: str, trained_A: Tensor, card: dict[str, Any], p
         log.info("model %s: same operator A, but the problem passed differs from the card's in %s.", name, ", ".join(differing))
 
 
+def check_sha256(weights_path: Path, card: dict[str, Any], card_path: Path) -> None:
+    """Raise ``ValueError`` unless the sha256 of ``weights_path`` is the one its card records."""
+    actual = sha256_file(weights_path)
+    if actual != card["sha256"]:
+        raise ValueError(
+            f"sha256 of {weights_path} is {actual}, but its card {card_path} records {card['sha256']}; "
+            "the file is corrupt or was replaced. Nothing was loaded: restore the file or re-export the model."
+        )
+
+
 def load_card_and_network(card_path: Path, name: str, problem: Problem | dict[str, Any] | None = None) -> LoadedModel:
     """Load the network described by ``card_path`` after checking the card and the sha256 of its weights file.
 
@@ -131,12 +141,7 @@ def load_card_and_network(card_path: Path, name: str, problem: Problem | dict[st
     """
     card = read_card(card_path)
     weights_path = Path(card_path).parent / card["weights_file"]
-    actual = sha256_file(weights_path)
-    if actual != card["sha256"]:
-        raise ValueError(
-            f"sha256 of {weights_path} is {actual}, but its card {card_path} records {card['sha256']}; "
-            "the file is corrupt or was replaced. Nothing was loaded: restore the file or re-export the model."
-        )
+    check_sha256(weights_path, card, card_path)
     state = load_file(str(weights_path))
     if problem is None:
         problem = build_problem(card["problem"])

@@ -34,7 +34,7 @@ def test_block_cs_test_set_is_unpadded_crops():
     torch.testing.assert_close(test.x, load_test_images(264, dtype=torch.float64))
 
 
-def test_block_cs_pads_other_sizes_and_scores_the_crop():
+def test_block_cs_pads_and_crops():
     task = BlockCSTask(test_size=256)
     test = task.fixed_set("test")
     assert test.x.shape == (8, 264, 264)

@@ -253,7 +253,7 @@ class ADMMNet(nn.Module):
         operator.check_measurements(y)
         if len(operator.in_shape) != 2:
             raise ValueError(f"ADMMNet reconstructs images, so operator.in_shape must be (H, W), got {operator.in_shape}.")
-        if isinstance(operator, MaskedFourier) and operator.complex_domain and operator.mask[0, 0] == 0:
+        if isinstance(operator, MaskedFourier) and operator.complex_domain and not operator.samples_zero_frequency:
             raise ValueError(
                 "the k-space mask does not sample the zero frequency (mask[0, 0] = 0), where every zero-mean filter's "
                 "spectrum is 0 too, so the exact x-update is singular; sample the centre of k-space."

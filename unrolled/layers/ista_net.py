@@ -15,7 +15,7 @@ Every phase has its own :math:`D_k, F_k, \tilde F_k, G_k, \rho_k, \theta_k`, as 
 code (``BasicBlock`` of ``Train_CS_ISTA_Net_plus.py`` in github.com/jianzhangcs/ISTA-Net-PyTorch):
 Xavier-normal weights, :math:`\rho_k = 0.5` and :math:`\theta_k = 0.01` at initialisation.
 
-The symmetry constraint asks :math:`\tilde F_k` to invert :math:`F_k`. Its residual per phase is
+The symmetry constraint requires :math:`\tilde F_k` to invert :math:`F_k`. Its residual per phase is
 :math:`\tilde F_k(F_k(D_k r_k)) - D_k r_k`, and the training loss is
 MSE + 0.01 · :meth:`ISTANetPlus.auxiliary_loss`.
 

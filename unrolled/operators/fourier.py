@@ -40,6 +40,8 @@ class MaskedFourier(LinearOperator):
         if not torch.isfinite(mask).all():
             raise ValueError("mask contains NaN or Inf entries; expected finite k-space weights (1 = sampled, 0 = not sampled).")
         self.mask = mask
+        # Read once here: solvers that divide by the mask at the zero frequency check this flag per call.
+        self.samples_zero_frequency = bool(mask[0, 0] != 0)
         self.domain = domain
         self.complex_domain = domain == "complex"
         self.in_shape = tuple(mask.shape)
@@ -82,7 +84,7 @@ class MaskedFourier(LinearOperator):
         diagonal = self._mask_for(rhs).square()
         regulariser = torch.ones_like(diagonal) if spectrum is None else spectrum.to(device=rhs.device, dtype=diagonal.dtype)
         # Finite-difference and zero-mean filter spectra vanish at the zero frequency, where only the mask is left.
-        if spectrum is not None and self.mask[0, 0] == 0 and float(regulariser[0, 0]) == 0:
+        if spectrum is not None and not self.samples_zero_frequency and float(regulariser[0, 0]) == 0:
             raise ValueError(
                 "the k-space mask does not sample the zero frequency (mask[0, 0] = 0) and the regulariser's spectrum "
                 "is 0 there, so (A^H A + rho K^H K) is singular; sample the centre (center_fraction > 0)."

@@ -126,7 +126,7 @@ class ImagingTask(abc.ABC):
         """Return the validation (``"val"``) or test (``"test"``) set, cached.
 
         Keyword arguments override the degradation of the set (for example ``observed_ratio=0.3``
-        for an inpainting task), which the robustness table uses; the seed stays that of the split.
+        for an inpainting task), as the robustness table does. The seed stays that of the split.
         """
         if split not in EVALUATION_SPLITS:
             raise ValueError(f"split must be one of {EVALUATION_SPLITS}, got {split!r}.")

@@ -115,7 +115,7 @@ def _zero_filled(batch: ImagingBatch, reg: float, max_iter: int, callback=None) 
 def classical_methods(task: ImagingTask) -> dict[str, ClassicalMethod]:
     """Return the classical methods that the report runs for ``task``, by name, with their reg grids.
 
-    The grids bracket the reg that was best on validation images in the runs of docs/imaging.md; a
+    The grids bracket the reg that was best on validation images in the runs of docs/imaging.md. A
     selected reg at either end of its grid is flagged in the report.
     """
     if task.name == "mri":

@@ -289,8 +289,8 @@ def run_admm(
         trace: record an :class:`ADMMTrace`.
         progress: show a progress bar.
         name: label of the progress bar and of the log lines.
-        callback: called as ``callback(k, x)`` with the iterate after every iteration k (1-based),
-            for measurements that the trace does not make; its time counts in the trace's clock.
+        callback: called as ``callback(k, x)`` with the iterate after every iteration k (1-based).
+            It serves measurements that the trace does not make, and its time counts in the trace's clock.
     """
     check_penalty(rho)
     check_stopping(max_iter, abs_tol, rel_tol)

@@ -101,7 +101,7 @@ def _exact_solver(operator: LinearOperator, spectrum: Tensor | float | None) -> 
     if spectrum is None:
         return None
     if isinstance(operator, MaskedFourier) and operator.complex_domain:
-        if operator.mask[0, 0] == 0 and (not isinstance(spectrum, float) and float(spectrum[0, 0]) == 0):
+        if not operator.samples_zero_frequency and not isinstance(spectrum, float) and float(spectrum[0, 0]) == 0:
             raise ValueError(
                 "the k-space mask does not sample the zero frequency (mask[0, 0] = 0), where the TV spectrum is 0 too, "
                 "so the x-update is singular; sample the centre of k-space (center_fraction > 0)."
