@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from models.data import ProblemDataModule
-from models.hub import CARD_FILE, WEIGHTS_FILE, checkpoints_dir, export_model, load_pretrained, load_run, measure_test_metrics
+from models.hub import CARD_FILE, WEIGHTS_FILE, checkpoints_dir, choose_storage, export_model, load_pretrained, load_run
 from models.layerwise import LayerwiseTraining
 from models.module import UnrolledModule
 from models.runs import check_publish_target, publish, resume_checkpoint, run_command
@@ -77,8 +77,8 @@ def load_initial_weights(module: UnrolledModule, source: str) -> dict[str, Any]:
     """Start from the network weights of ``source``: a run folder, a pretrained name or a Lightning ``.ckpt`` file.
 
     Used to fine-tune in stages (for example a second stage at a lower learning rate). The source
-    must contain the same network on the same problem: its operator A is part of the weights, so a
-    different problem would silently replace this run's A. Returns the provenance of the source
+    must contain the same network on the same problem, because its weights were learned for that
+    problem's operator A. Returns the provenance of the source
     (its command and training record, earlier stages included) for this run's card.
     """
     path = Path(source)
@@ -213,7 +213,8 @@ def train(config: dict[str, Any], run_dir: Path, callbacks: list[pl.Callback], l
     if not trainer.is_global_zero:
         return {}
 
-    test_metrics = measure_test_metrics(module.network, problem)
+    storage = choose_storage(module.network.cpu(), problem)
+    test_metrics = storage.test_metrics
     extra = {
         "config": config,
         "command": run_command(),
@@ -229,12 +230,19 @@ def train(config: dict[str, Any], run_dir: Path, callbacks: list[pl.Callback], l
             "accelerator": type(trainer.accelerator).__name__,
             "protocol": protocol_name(config),
         },
+        "storage": {"rounding_shift_db": storage.rounding_shift_db},
     }
     if "LayerwiseTraining" in protocol_states:
         # Where the schedule ended: finished is false when trainer.max_steps cut it short.
         extra["training"]["layerwise"] = protocol_states["LayerwiseTraining"]
     card_path = export_model(
-        run_dir, module.hparams.network, module.network.cpu(), module.hparams.network_kwargs or {}, problem, extra
+        run_dir,
+        module.hparams.network,
+        storage.network,
+        module.hparams.network_kwargs or {},
+        problem,
+        extra,
+        weights_dtype=storage.weights_dtype,
     )
     last = test_metrics["per_layer"]["nmse_db"][-1]
     log.info("Test NMSE at layer %d: %.2f dB (aggregate); weights and card in %s", module.hparams.n_layers, last, run_dir)

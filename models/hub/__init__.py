@@ -8,7 +8,14 @@ Command line (``python -m models.hub --help``): ``list`` prints a table of the s
 ``verify [NAME ...]`` re-measures their test metrics and compares them with the cards.
 """
 
-from models.hub.export import export_model, measure_test_metrics, refresh_test_metrics
+from models.hub.export import (
+    StorageChoice,
+    choose_storage,
+    export_model,
+    measure_test_metrics,
+    refresh_test_metrics,
+    repack_checkpoint,
+)
 from models.hub.loading import (
     CARD_FILE,
     CARD_FORMAT,
@@ -31,7 +38,9 @@ __all__ = [
     "CHECKPOINTS_ENV",
     "WEIGHTS_FILE",
     "LoadedModel",
+    "StorageChoice",
     "checkpoints_dir",
+    "choose_storage",
     "export_model",
     "list_pretrained",
     "load_card_and_network",
@@ -40,6 +49,7 @@ __all__ = [
     "measure_test_metrics",
     "read_card",
     "refresh_test_metrics",
+    "repack_checkpoint",
     "sha256_file",
     "verify_model",
     "verify_models",

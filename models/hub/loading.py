@@ -4,6 +4,10 @@ The loader reads and checks the card before it touches the weights file: the net
 card must be registered and ``weights_file`` must be a plain file name. The sha256 of the weights
 file must then match the card before any tensor is read, and only after that are the tensors read
 (with safetensors, no pickle) and the registered class instantiated.
+
+Cards of format 2 leave the operator A out of the weights file: the loader regenerates it from the
+problem spec and seeds in the card and checks it against the card's probes ``u_iᵀ A v_i``. Cards of
+format 1 (written before December 2026) keep A in the weights file, and still load.
 """
 
 from __future__ import annotations
@@ -29,7 +33,12 @@ log = logging.getLogger(__name__)
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "model_card.json"
 CHECKPOINTS_ENV = "UNROLLED_ZOO_CHECKPOINTS"
-CARD_FORMAT = 1
+CARD_FORMAT = 2
+# Seeds of the probe vectors u_i, v_i whose bilinear forms u_iᵀ A v_i fingerprint the operator in a card.
+PROBE_SEEDS = (101, 102, 103, 104)
+# Relative agreement asked of the probes of a regenerated operator. Rounding A to float32 moves them by
+# about 1e-7 relative; another operator of the same shape moves them by order 1.
+PROBE_RTOL = 1e-5
 REQUIRED_CARD_FIELDS = ("network", "n_layers", "network_kwargs", "problem", "weights_file", "sha256")
 
 
@@ -91,6 +100,42 @@ def as_problem(problem: Problem | dict[str, Any]) -> Problem:
     raise TypeError(f"problem must be a unrolled.problems.Problem or its spec dict, got {type(problem).__name__}.")
 
 
+def operator_probes(A: Tensor) -> list[float]:
+    """Return ``u_iᵀ A v_i`` in float64 for the Gaussian vectors seeded by :data:`PROBE_SEEDS`: a fingerprint of A."""
+    A64 = A.detach().to("cpu", torch.float64)
+    probes = []
+    for seed in PROBE_SEEDS:
+        generator = torch.Generator().manual_seed(seed)
+        u = torch.randn(A64.shape[0], generator=generator, dtype=torch.float64)
+        v = torch.randn(A64.shape[1], generator=generator, dtype=torch.float64)
+        probes.append(float(u @ A64 @ v))
+    return probes
+
+
+def card_operator(card: dict[str, Any], card_path: Path, card_problem: Problem) -> Tensor:
+    """Regenerate the operator a format-2 card was trained with from its problem, and check it against the card's probes.
+
+    Raises ``ValueError`` when the probes disagree: the random number generator of this torch build
+    then draws another operator from the same seeds, and the weights do not fit it.
+    """
+    operator = card.get("operator")
+    if not isinstance(operator, dict) or "probes" not in operator or "dtype" not in operator:
+        raise ValueError(
+            f"model card {card_path} has no operator record (dtype and probes), which format {CARD_FORMAT} needs to "
+            "regenerate A; re-export the model with models.hub.export_model."
+        )
+    A = card_problem.A.to(getattr(torch, operator["dtype"]))
+    expected = torch.tensor(operator["probes"], dtype=torch.float64)
+    actual = torch.tensor(operator_probes(A), dtype=torch.float64)
+    if not torch.allclose(actual, expected, rtol=PROBE_RTOL, atol=0.0):
+        raise ValueError(
+            f"the operator A regenerated from the problem in {card_path} has probes {actual.tolist()}, but the card "
+            f"records {expected.tolist()}: this torch build (torch {torch.__version__}) draws another A from the same "
+            "seeds, and the weights do not fit it. Load the model with the torch version named in the card's machine record."
+        )
+    return A
+
+
 def check_operator_matches(name: str, trained_A: Tensor, card: dict[str, Any], problem: Problem) -> None:
     """Check that the operator ``trained_A`` stored with model ``name`` fits ``problem``.
 
@@ -143,17 +188,17 @@ def load_card_and_network(card_path: Path, name: str, problem: Problem | dict[st
     weights_path = Path(card_path).parent / card["weights_file"]
     check_sha256(weights_path, card, card_path)
     state = load_file(str(weights_path))
+    card_problem = build_problem(card["problem"])
+    # Format-1 cards keep A in the weights file; format 2 regenerates it from the card's seeds.
+    A = state.pop("A") if "A" in state else card_operator(card, card_path, card_problem)
     if problem is None:
-        problem = build_problem(card["problem"])
+        problem = card_problem
     else:
         problem = as_problem(problem)
-        if "A" not in state:
-            raise ValueError(
-                f"weights file {weights_path} contains no operator A, so it cannot be checked against the problem passed."
-            )
-        check_operator_matches(name, state["A"], card, problem)
-    network = build_network(card["network"], state["A"], card["n_layers"], **card["network_kwargs"])
-    network.load_state_dict(state, strict=True)
+        check_operator_matches(name, A, card, problem)
+    network = build_network(card["network"], A, card["n_layers"], **card["network_kwargs"])
+    # load_state_dict casts float16 weights (see models.hub.export.choose_storage) to the network's dtype.
+    network.load_state_dict({**state, "A": A}, strict=True)
     network.eval()
     return LoadedModel(name=name, network=network, problem=problem, card=card)
 

@@ -14,10 +14,23 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from models import NETWORKS, build_network, export_model, list_pretrained, load_pretrained, load_run
-from models.hub import CARD_FILE, CHECKPOINTS_ENV, WEIGHTS_FILE, checkpoints_dir, refresh_test_metrics, sha256_file, verify_model
+from models.hub import (
+    CARD_FILE,
+    CHECKPOINTS_ENV,
+    WEIGHTS_FILE,
+    checkpoints_dir,
+    choose_storage,
+    measure_test_metrics,
+    refresh_test_metrics,
+    sha256_file,
+    verify_model,
+)
+from models.hub.export import round_large_tensors
+from models.hub.loading import operator_probes
 from models.hub.__main__ import main as hub_main
 from models.timm_entrypoints import entrypoint_name
 from unrolled.metrics import nmse_db
@@ -96,6 +109,96 @@ def test_export_no_temporary_files(tmp_path, network, small_problem):
     _export(tmp_path, network, small_problem)
 
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted([CARD_FILE, WEIGHTS_FILE])
+
+
+def test_export_leaves_operator_out(tmp_path, network, small_problem):
+    card_path = _export(tmp_path, network, small_problem)
+
+    with safe_open(str(tmp_path / WEIGHTS_FILE), "pt") as weights:
+        stored = set(weights.keys())
+    card = json.loads(card_path.read_text())
+
+    assert "A" not in stored
+    assert stored == set(network.state_dict()) - {"A"}
+    assert card["operator"]["dtype"] == "float32"
+    assert card["operator"]["probes"] == operator_probes(network.A)
+    assert card["weights_dtype"] == "float32"
+
+
+def test_probes_detect_other_operator(small_problem):
+    A = small_problem.A
+    other = SparseCoding(m=50, n=100, n_val=64, n_test=64, operator_seed=7).A
+
+    probes, rounded, changed = (torch.tensor(operator_probes(M)) for M in (A, A.float(), other))
+
+    assert torch.allclose(rounded, probes, rtol=1e-6, atol=0)
+    assert not torch.allclose(changed, probes, rtol=1e-2, atol=0)
+
+
+def test_card_operator_probe_mismatch(tmp_path, network, small_problem):
+    card_path = _export(tmp_path, network, small_problem)
+    card = json.loads(card_path.read_text())
+    card["operator"]["probes"][2] *= 1.001
+    card_path.write_text(json.dumps(card))
+
+    with pytest.raises(ValueError, match=r"draws another A from the same seeds.*torch version named in the card"):
+        load_run(tmp_path)
+
+
+def test_card_without_operator_record(tmp_path, network, small_problem):
+    card_path = _export(tmp_path, network, small_problem)
+    _edit_card(card_path, operator=None)
+
+    with pytest.raises(ValueError, match="has no operator record"):
+        load_run(tmp_path)
+
+
+def test_export_rejects_foreign_operator(tmp_path, small_problem):
+    other = SparseCoding(m=50, n=100, n_val=64, n_test=64, operator_seed=7)
+    network = build_network("alista", other.A.float(), N_LAYERS, **NETWORK_KWARGS)
+
+    with pytest.raises(ValueError, match="is not the operator of problem"):
+        _export(tmp_path, network, small_problem)
+
+
+def test_format1_card_loads(tmp_path, network, small_problem, measurements):
+    card_path = _export(tmp_path, network, small_problem)
+    save_file({key: value.contiguous() for key, value in network.state_dict().items()}, str(tmp_path / WEIGHTS_FILE))
+    card = json.loads(card_path.read_text())
+    del card["operator"]
+    card.update(format=1, sha256=sha256_file(tmp_path / WEIGHTS_FILE))
+    card_path.write_text(json.dumps(card))
+
+    loaded = load_run(tmp_path)
+
+    assert torch.equal(loaded.network(measurements), network(measurements))
+
+
+@pytest.mark.parametrize(("tolerance_db", "expected_dtype"), [(1.0, torch.float16), (-1.0, torch.float32)])
+def test_storage_rounds_large_tensors(tmp_path, small_problem, measurements, tolerance_db, expected_dtype):
+    torch.manual_seed(0)
+    network = build_network("lista_cp", small_problem.A.float(), N_LAYERS, reg=0.2)
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.mul_(1 + 0.2 * torch.rand_like(parameter))
+
+    storage = choose_storage(network, small_problem, tolerance_db=tolerance_db)
+    export_model(tmp_path, "lista_cp", storage.network, {"reg": 0.2}, small_problem, {}, weights_dtype=storage.weights_dtype)
+    loaded = load_run(tmp_path)
+
+    assert storage.weights_dtype == expected_dtype
+    exact = measure_test_metrics(network, small_problem)["per_layer"]["nmse_db"][-1]
+    assert storage.rounding_shift_db == pytest.approx(
+        measure_test_metrics(round_large_tensors(network, torch.float16), small_problem)["per_layer"]["nmse_db"][-1] - exact
+    )
+    assert storage.rounding_shift_db != 0.0
+    with safe_open(str(tmp_path / WEIGHTS_FILE), "pt") as weights:
+        dtypes = {key: weights.get_tensor(key).dtype for key in weights.keys()}
+    large = {key for key, value in network.state_dict().items() if key != "A" and value.numel() >= 4096}
+    assert large and all(dtypes[key] == expected_dtype for key in large)
+    assert all(dtypes[key] == torch.float32 for key in dtypes.keys() - large)
+    assert torch.equal(loaded.network(measurements), storage.network(measurements))
+    assert measure_test_metrics(loaded.network, small_problem) == storage.test_metrics
 
 
 def test_loaded_problem_regenerates_test_set(tmp_path, network, small_problem):
@@ -323,7 +426,6 @@ def test_loaded_network_wrong_measurement_length(tmp_path, network, small_proble
 
 def _publish_toy(folder: Path, network, problem, stem: str, n_layers: int = N_LAYERS) -> Path:
     """Export ``network`` as the shipped model ``stem`` with test metrics measured like train.py's."""
-    from models.hub import measure_test_metrics
 
     extra = {"test_metrics": measure_test_metrics(network, problem)}
     return export_model(folder, "alista", network, NETWORK_KWARGS, problem, extra, stem=stem)
