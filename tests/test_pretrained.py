@@ -8,9 +8,11 @@ import logging
 import pytest
 import timm
 import torch
+from safetensors import safe_open
 
 import models
 from models.hub import checkpoints_dir
+from models.hub.export import STORAGE_TOLERANCE_DB
 from models.hub.imaging import verify_imaging_model
 from models.timm_entrypoints import entrypoint_name
 from unrolled.metrics import nmse_db, nmse_db_per_sample, psnr_db
@@ -38,6 +40,7 @@ def test_zoo_ships_the_required_models():
         "alista.sc250x500_snr40",
         "lista_cp.sc250x500_noiseless",
         "lista_cp.sc250x500_snr40",
+        "glista.sc250x500_noiseless",
     }
     assert required <= set(PRETRAINED)
 
@@ -55,6 +58,17 @@ def test_cards_name_their_weights():
 
         assert card["weights_file"] == f"{name}.safetensors", name
         assert name.partition(".")[0] == card["network"], name
+
+
+def test_weights_files_omit_operator():
+    for name in PRETRAINED:
+        card = json.loads((checkpoints_dir() / f"{name}.json").read_text())
+        with safe_open(str(checkpoints_dir() / card["weights_file"]), "pt") as weights:
+            keys = set(weights.keys())
+
+        assert card["format"] == models.hub.CARD_FORMAT, name
+        assert "A" not in keys, name
+        assert abs(card["storage"]["rounding_shift_db"]) <= STORAGE_TOLERANCE_DB or card["weights_dtype"] == "float32", name
 
 
 @pytest.mark.parametrize("name", PRETRAINED)

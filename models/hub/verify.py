@@ -62,7 +62,7 @@ class Verification:
 
 
 def describe_problem(spec: dict[str, Any]) -> str:
-    """Return a short description of a problem spec, such as ``sparse_coding 250x500 noiseless``."""
+    """Return a short description of a problem spec, such as ``sparse_coding 250x500 noiseless kappa=30``."""
     parts = [str(spec.get("name", "?"))]
     if "m" in spec and "n" in spec:
         parts.append(f"{spec['m']}x{spec['n']}")
@@ -72,6 +72,8 @@ def describe_problem(spec: dict[str, Any]) -> str:
         parts.append(f"{spec['patch_size']}x{spec['patch_size']} patches")
     if "snr_db" in spec:
         parts.append("noiseless" if spec["snr_db"] is None else f"SNR {spec['snr_db']:g} dB")
+    if spec.get("condition_number") is not None:
+        parts.append(f"kappa={spec['condition_number']:g}")
     return " ".join(parts)
 
 

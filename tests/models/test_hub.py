@@ -30,6 +30,7 @@ from models.hub import (
     verify_model,
 )
 from models.hub.export import round_large_tensors
+from models.hub.verify import describe_problem
 from models.hub.loading import operator_probes
 from models.hub.__main__ import main as hub_main
 from models.timm_entrypoints import entrypoint_name
@@ -448,6 +449,12 @@ def test_cli_list_toy_models(zoo_checkpoints, network, small_problem, capsys, ca
     assert rows["alista.small"][8] == f"{card['test_metrics']['per_layer']['nmse_db_per_sample'][-1]:.2f}"
     assert rows["alista.small"][9] == f"{(zoo_checkpoints / 'alista.small.safetensors').stat().st_size / 1e6:.2f}"
     assert "cannot read the model card" in caplog.text
+
+
+def test_describe_problem_names_condition_number():
+    spec = SparseCoding(m=50, n=100, n_val=64, n_test=64, condition_number=30).spec()
+
+    assert describe_problem(spec) == "sparse_coding 50x100 noiseless kappa=30"
 
 
 def test_cli_list_empty_folder(zoo_checkpoints, capsys):
