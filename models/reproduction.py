@@ -92,6 +92,8 @@ class Entry:
     training_s: float | None = None
     steps: int | None = None
     machine: str | None = None
+    # True when the checkpoint shares its matrices across layers although the network's default is untied.
+    tied: bool = False
 
     @property
     def status(self) -> str:
@@ -156,6 +158,7 @@ def collect_entries(folder: Path | None = None) -> list[Entry]:
                     time_s,
                     steps,
                     _describe_machine(card.get("machine") or {}),
+                    bool((card.get("network_kwargs") or {}).get("tied", False)),
                 )
             )
     return entries
@@ -176,6 +179,8 @@ def render_grid(entries: list[Entry]) -> str:
         for setting in settings:
             entry = cells[(model, setting)]
             measured = "·" if entry.nmse_db is None else f"{entry.nmse_db:.1f} / {entry.nmse_db_per_sample:.1f}"
+            if entry.tied:
+                measured += " tied"
             anchor = "" if entry.anchor_db is None else f" ({entry.anchor_db:.1f})"
             row.append(measured + anchor)
         lines.append(f"| {model} | " + " | ".join(row) + " |")
@@ -192,7 +197,7 @@ def render_details(entries: list[Entry]) -> str:
         if entry.nmse_db is None:
             continue
         lines.append(
-            f"| {entry.model} | {entry.setting} | {_format(entry.nmse_db)} | {_format(entry.nmse_db_per_sample)} "
+            f"| {entry.model}{' (tied)' if entry.tied else ''} | {entry.setting} | {_format(entry.nmse_db)} | {_format(entry.nmse_db_per_sample)} "
             f"| {_format(entry.anchor_db, 1)} | {entry.status} | {entry.training_s / 60:.0f} min | {entry.steps} | {entry.machine} |"
         )
     return "\n".join(lines) + "\n"

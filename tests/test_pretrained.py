@@ -41,6 +41,10 @@ def test_zoo_ships_the_required_models():
         "lista_cp.sc250x500_noiseless",
         "lista_cp.sc250x500_snr40",
         "glista.sc250x500_noiseless",
+        "lamp.sc250x500_noiseless",
+        "lfista.sc250x500_noiseless",
+        "lista.sc250x500_noiseless",
+        "lista_cpss.sc250x500_snr20",
     }
     assert required <= set(PRETRAINED)
 

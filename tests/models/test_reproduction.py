@@ -16,6 +16,8 @@ from models.reproduction import (
     Entry,
     anchor_of,
     collect_entries,
+    render_details,
+    render_grid,
     render_table,
     update_page,
 )
@@ -86,3 +88,19 @@ def test_update_keeps_surrounding_text(tmp_path):
     update_page(page)
 
     assert page.read_text() == before
+
+
+def test_tied_checkpoint_marked(tmp_path):
+    card = {
+        "n_layers": 16,
+        "network_kwargs": {"reg": 0.2, "tied": True},
+        "test_metrics": {"per_layer": {"nmse_db": [-17.0], "nmse_db_per_sample": [-18.0]}},
+        "machine": {"cpu": "test CPU", "torch_threads": 1, "gpu": None},
+        "training": {"time_s": 60.0, "global_steps": 100},
+    }
+    (tmp_path / "lista.sc250x500_noiseless.json").write_text(json.dumps(card))
+
+    entries = collect_entries(tmp_path)
+
+    assert "| lista | -17.0 / -18.0 tied |" in render_grid(entries)
+    assert "| lista (tied) | sc250x500_noiseless | -17.00 | -18.00 |" in render_details(entries)
