@@ -92,7 +92,7 @@ class Entry:
     training_s: float | None = None
     steps: int | None = None
     machine: str | None = None
-    # True when the checkpoint shares its matrices across layers although the network's default is untied.
+    # Whether the checkpoint shares one set of matrices across its layers (tied=True in its card).
     tied: bool = False
 
     @property

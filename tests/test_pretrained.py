@@ -45,6 +45,10 @@ def test_zoo_ships_the_required_models():
         "lfista.sc250x500_noiseless",
         "lista.sc250x500_noiseless",
         "lista_cpss.sc250x500_snr20",
+        "lista_cpss.sc250x500_snr40",
+        "lista.sc250x500_snr40",
+        "lista_ss.sc250x500_noiseless",
+        "lista_ss.sc250x500_snr40",
     }
     assert required <= set(PRETRAINED)
 
