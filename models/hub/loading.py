@@ -39,6 +39,8 @@ PROBE_SEEDS = (101, 102, 103, 104)
 # Relative agreement asked of the probes of a regenerated operator. Rounding A to float32 moves them by
 # about 1e-7 relative; another operator of the same shape moves them by order 1.
 PROBE_RTOL = 1e-5
+# Operator dtypes a card may name; a card never selects an arbitrary attribute of torch.
+OPERATOR_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 REQUIRED_CARD_FIELDS = ("network", "n_layers", "network_kwargs", "problem", "weights_file", "sha256")
 
 
@@ -115,8 +117,8 @@ def operator_probes(A: Tensor) -> list[float]:
 def card_operator(card: dict[str, Any], card_path: Path, card_problem: Problem) -> Tensor:
     """Regenerate the operator a format-2 card was trained with from its problem, and check it against the card's probes.
 
-    Raises ``ValueError`` when the probes disagree: the random number generator of this torch build
-    then draws another operator from the same seeds, and the weights do not fit it.
+    Raises ``ValueError`` when the probes disagree: the card was edited, or the random number
+    generator of this torch build draws another operator from the same seeds.
     """
     operator = card.get("operator")
     if not isinstance(operator, dict) or "probes" not in operator or "dtype" not in operator:
@@ -124,14 +126,21 @@ def card_operator(card: dict[str, Any], card_path: Path, card_problem: Problem) 
             f"model card {card_path} has no operator record (dtype and probes), which format {CARD_FORMAT} needs to "
             "regenerate A; re-export the model with models.hub.export_model."
         )
-    A = card_problem.A.to(getattr(torch, operator["dtype"]))
+    if operator["dtype"] not in OPERATOR_DTYPES:
+        raise ValueError(
+            f"model card {card_path} gives the operator dtype {operator['dtype']!r}; expected one of "
+            f"{', '.join(OPERATOR_DTYPES)}. Correct the card or re-export the model."
+        )
+    A = card_problem.A.to(OPERATOR_DTYPES[operator["dtype"]])
     expected = torch.tensor(operator["probes"], dtype=torch.float64)
     actual = torch.tensor(operator_probes(A), dtype=torch.float64)
-    if not torch.allclose(actual, expected, rtol=PROBE_RTOL, atol=0.0):
+    # The absolute term keeps a probe that happens to lie near zero from asking for more than rounding allows.
+    if not torch.allclose(actual, expected, rtol=PROBE_RTOL, atol=PROBE_RTOL * expected.abs().max().item()):
         raise ValueError(
             f"the operator A regenerated from the problem in {card_path} has probes {actual.tolist()}, but the card "
-            f"records {expected.tolist()}: this torch build (torch {torch.__version__}) draws another A from the same "
-            "seeds, and the weights do not fit it. Load the model with the torch version named in the card's machine record."
+            f"records {expected.tolist()}. Either the card's problem or probes were edited, or this torch build "
+            f"(torch {torch.__version__}) draws another A from the same seeds; the weights fit only the original A. Restore "
+            "the card, or load the model with the torch version named in the card's machine record."
         )
     return A
 

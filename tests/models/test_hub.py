@@ -142,7 +142,17 @@ def test_card_operator_probe_mismatch(tmp_path, network, small_problem):
     card["operator"]["probes"][2] *= 1.001
     card_path.write_text(json.dumps(card))
 
-    with pytest.raises(ValueError, match=r"draws another A from the same seeds.*torch version named in the card"):
+    with pytest.raises(ValueError, match=r"probes were edited, or this torch build .* draws another A from the same seeds"):
+        load_run(tmp_path)
+
+
+def test_card_operator_dtype_unknown(tmp_path, network, small_problem):
+    card_path = _export(tmp_path, network, small_problem)
+    card = json.loads(card_path.read_text())
+    card["operator"]["dtype"] = "load"
+    card_path.write_text(json.dumps(card))
+
+    with pytest.raises(ValueError, match=r"operator dtype 'load'; expected one of float32, float64"):
         load_run(tmp_path)
 
 
