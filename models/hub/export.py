@@ -2,8 +2,8 @@
 
 The weights file contains the learned tensors only: the operator A is regenerated from the card's
 problem seeds when the model loads (see :mod:`models.hub.loading`). :func:`choose_storage` stores
-the large learned matrices in float16 when that moves the test NMSE of the last layer by less than
-:data:`STORAGE_TOLERANCE_DB`, which halves the size of a LISTA-CP-like checkpoint; the card is then
+the large learned matrices in float16 when that moves the test NMSE of the last layer by at most
+:data:`STORAGE_TOLERANCE_DB`, which halves the size of a LISTA-CP-like checkpoint. The card is then
 measured on the rounded weights, so ``verify`` re-measures exactly what is shipped.
 """
 
@@ -38,7 +38,7 @@ from unrolled.report.evaluate import evaluate_layers
 
 # Largest shift of the last layer's test NMSE (aggregate, dB) that float16 storage may cause.
 STORAGE_TOLERANCE_DB = 0.05
-# Tensors with fewer entries (thresholds, step sizes, gates) stay in float32: they take little room.
+# Tensors with fewer entries (thresholds, step sizes, gates) stay in float32 because they take little room.
 HALF_MIN_NUMEL = 4096
 
 
@@ -68,7 +68,7 @@ class StorageChoice:
 
 
 def choose_storage(network: UnrolledISTA, problem: Problem, tolerance_db: float = STORAGE_TOLERANCE_DB) -> StorageChoice:
-    """Store the large learned tensors in float16 if that moves the last layer's test NMSE by at most ``tolerance_db``.
+    """Choose float16 for the large learned tensors if that moves the last layer's test NMSE by at most ``tolerance_db``.
 
     Both the network as trained and its float16-rounded copy are measured on the test set. The
     rounded copy is kept when its aggregate NMSE at the last layer is within ``tolerance_db`` of the
@@ -97,16 +97,16 @@ def export_model(
 
     The card records the network name and constructor arguments, the problem spec with its seeds, the
     operator's dtype and probes, the sha256 of the weights and everything in ``extra`` (training
-    config, test metrics per layer, training time, hardware). The weights file leaves out the operator
-    A, which must therefore be the problem's up to rounding (``ValueError`` otherwise), and stores the large learned
-    tensors in ``weights_dtype``. Returns the card's path.
+    config, test metrics per layer, training time, hardware). The weights file leaves out the
+    operator A, so A must be the problem's up to rounding (``ValueError`` otherwise). The large
+    learned tensors are stored in ``weights_dtype``. Returns the card's path.
     """
     A = network.A.detach().cpu()
     # Not exact equality: LAPACK on another CPU may round an ill-conditioned A differently in the last bit.
     if A.shape != problem.A.shape or not torch.allclose(A, problem.A.to(A.dtype), rtol=0.0, atol=1e-6 * A.abs().max().item()):
         raise ValueError(
             f"the network's operator A ({tuple(A.shape)}, {A.dtype}) is not the operator of problem {problem.spec()}, "
-            "so the card could not regenerate it; export the network with the problem it was built for."
+            "so the card could not regenerate it. Export the network with the problem it was built for."
         )
     folder = Path(folder)
     weights_path = folder / (f"{stem}.safetensors" if stem else WEIGHTS_FILE)
@@ -157,25 +157,33 @@ def measure_test_metrics(network: UnrolledISTA, problem: Problem) -> dict[str, A
 def repack_checkpoint(name: str) -> dict[str, Any]:
     """Rewrite the shipped model ``name`` in the current card format, with its storage chosen by :func:`choose_storage`.
 
-    The operator leaves the weights file and the large tensors may move to float16; the test metrics
+    The operator leaves the weights file and the large tensors may move to float16. The test metrics
     are re-measured on the weights as stored. Every other field of the card (training record,
-    command, machine) is kept. Returns the new card.
+    command, machine) is carried over. Returns the new card.
     """
     loaded = load_pretrained(name)
     # Loading the new card regenerates A on this machine, so the card is measured with that A.
     with torch.no_grad():
         loaded.network.A.copy_(loaded.problem.A)
     storage = choose_storage(loaded.network, loaded.problem)
-    kept = {key: value for key, value in loaded.card.items() if key not in ("format", "operator", "weights_dtype", "sha256")}
+    # export_model writes these four fields anew.
+    rewritten = ("format", "operator", "weights_dtype", "sha256")
+    carried_fields = {key: value for key, value in loaded.card.items() if key not in rewritten}
     extra = {
-        **kept,
+        **carried_fields,
         "test_metrics": {**storage.test_metrics, "measured": datetime.now(timezone.utc).isoformat(timespec="seconds")},
         "storage": {"rounding_shift_db": storage.rounding_shift_db},
     }
     card_path = pretrained_card_path(name)
     export_model(
-        card_path.parent, loaded.card["network"], storage.network, loaded.card["network_kwargs"], loaded.problem,
-        extra, stem=name, weights_dtype=storage.weights_dtype,
+        card_path.parent,
+        loaded.card["network"],
+        storage.network,
+        loaded.card["network_kwargs"],
+        loaded.problem,
+        extra,
+        stem=name,
+        weights_dtype=storage.weights_dtype,
     )
     return json.loads(card_path.read_text())
 

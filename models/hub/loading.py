@@ -36,10 +36,10 @@ CHECKPOINTS_ENV = "UNROLLED_ZOO_CHECKPOINTS"
 CARD_FORMAT = 2
 # Seeds of the probe vectors u_i, v_i whose bilinear forms u_iᵀ A v_i fingerprint the operator in a card.
 PROBE_SEEDS = (101, 102, 103, 104)
-# Relative agreement asked of the probes of a regenerated operator. Rounding A to float32 moves them by
-# about 1e-7 relative; another operator of the same shape moves them by order 1.
+# Relative tolerance for the probes of a regenerated operator. Rounding A to float32 moves them by
+# about 1e-7 relative, and another operator of the same shape moves them by order 1.
 PROBE_RTOL = 1e-5
-# Operator dtypes a card may name; a card never selects an arbitrary attribute of torch.
+# Operator dtypes a card may name, so that a card cannot select an arbitrary attribute of torch.
 OPERATOR_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 REQUIRED_CARD_FIELDS = ("network", "n_layers", "network_kwargs", "problem", "weights_file", "sha256")
 
@@ -123,8 +123,8 @@ def card_operator(card: dict[str, Any], card_path: Path, card_problem: Problem) 
     operator = card.get("operator")
     if not isinstance(operator, dict) or "probes" not in operator or "dtype" not in operator:
         raise ValueError(
-            f"model card {card_path} has no operator record (dtype and probes), which format {CARD_FORMAT} needs to "
-            "regenerate A; re-export the model with models.hub.export_model."
+            f"model card {card_path} is missing the operator record (dtype and probes) that format {CARD_FORMAT} needs "
+            "to regenerate A. Re-export the model with models.hub.export_model."
         )
     if operator["dtype"] not in OPERATOR_DTYPES:
         raise ValueError(
@@ -134,7 +134,7 @@ def card_operator(card: dict[str, Any], card_path: Path, card_problem: Problem) 
     A = card_problem.A.to(OPERATOR_DTYPES[operator["dtype"]])
     expected = torch.tensor(operator["probes"], dtype=torch.float64)
     actual = torch.tensor(operator_probes(A), dtype=torch.float64)
-    # The absolute term keeps a probe that happens to lie near zero from asking for more than rounding allows.
+    # The absolute term keeps a probe near zero from demanding more precision than rounding leaves.
     if not torch.allclose(actual, expected, rtol=PROBE_RTOL, atol=PROBE_RTOL * expected.abs().max().item()):
         raise ValueError(
             f"the operator A regenerated from the problem in {card_path} has probes {actual.tolist()}, but the card "

@@ -26,6 +26,7 @@ from models.hub import (
     choose_storage,
     measure_test_metrics,
     refresh_test_metrics,
+    repack_checkpoint,
     sha256_file,
     verify_model,
 )
@@ -160,7 +161,7 @@ def test_card_without_operator_record(tmp_path, network, small_problem):
     card_path = _export(tmp_path, network, small_problem)
     _edit_card(card_path, operator=None)
 
-    with pytest.raises(ValueError, match="has no operator record"):
+    with pytest.raises(ValueError, match="is missing the operator record"):
         load_run(tmp_path)
 
 
@@ -183,6 +184,26 @@ def test_format1_card_loads(tmp_path, network, small_problem, measurements):
     loaded = load_run(tmp_path)
 
     assert torch.equal(loaded.network(measurements), network(measurements))
+
+
+def test_repack_format1_checkpoint(zoo_checkpoints, network, small_problem, measurements):
+    card_path = _export(zoo_checkpoints, network, small_problem, stem="alista.old")
+    weights_path = zoo_checkpoints / "alista.old.safetensors"
+    save_file({key: value.contiguous() for key, value in network.state_dict().items()}, str(weights_path))
+    card = json.loads(card_path.read_text())
+    del card["operator"]
+    card.update(format=1, sha256=sha256_file(weights_path), command="train.py model=alista")
+    card_path.write_text(json.dumps(card))
+
+    repacked = repack_checkpoint("alista.old")
+
+    with safe_open(str(weights_path), "pt") as weights:
+        assert "A" not in weights.keys()
+    assert repacked["format"] == 2
+    assert repacked["command"] == "train.py model=alista"
+    assert repacked["sha256"] == sha256_file(weights_path)
+    assert repacked["test_metrics"]["per_layer"] == measure_test_metrics(network, small_problem)["per_layer"]
+    assert torch.equal(load_pretrained("alista.old").network(measurements), network(measurements))
 
 
 @pytest.mark.parametrize(("tolerance_db", "expected_dtype"), [(1.0, torch.float16), (-1.0, torch.float32)])
@@ -461,7 +482,7 @@ def test_cli_list_toy_models(zoo_checkpoints, network, small_problem, capsys, ca
     assert "cannot read the model card" in caplog.text
 
 
-def test_describe_problem_names_condition_number():
+def test_describe_problem_condition_number():
     spec = SparseCoding(m=50, n=100, n_val=64, n_test=64, condition_number=30).spec()
 
     assert describe_problem(spec) == "sparse_coding 50x100 noiseless kappa=30"
