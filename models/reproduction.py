@@ -94,6 +94,9 @@ class Entry:
     machine: str | None = None
     # Whether the checkpoint shares one set of matrices across its layers (tied=True in its card).
     tied: bool = False
+    # Storage codec of the large learned tensors (models.hub.storage) and the size of the weights file.
+    codec: str | None = None
+    weights_mb: float | None = None
 
     @property
     def status(self) -> str:
@@ -137,15 +140,16 @@ def collect_entries(folder: Path | None = None) -> list[Entry]:
         card = json.loads(path.read_text())
         model, _, setting = path.stem.partition(".")
         if card.get("n_layers") == N_LAYERS:
-            cards[(model, setting)] = card
+            weights = folder / str(card.get("weights_file", ""))
+            cards[(model, setting)] = card, weights.stat().st_size / 1e6 if weights.is_file() else None
     entries = []
     for setting in SETTINGS:
         for model in MODELS:
-            card = cards.get((model, setting))
             anchor = anchor_of(model, setting)
-            if card is None:
+            if (model, setting) not in cards:
                 entries.append(Entry(model, setting, anchor))
                 continue
+            card, weights_mb = cards[(model, setting)]
             metrics = card["test_metrics"]["per_layer"]
             time_s, steps = _training_chain(card)
             entries.append(
@@ -159,6 +163,8 @@ def collect_entries(folder: Path | None = None) -> list[Entry]:
                     steps,
                     _describe_machine(card.get("machine") or {}),
                     bool((card.get("network_kwargs") or {}).get("tied", False)),
+                    (card.get("storage") or {}).get("codec") or card.get("weights_dtype"),
+                    weights_mb,
                 )
             )
     return entries
@@ -188,17 +194,18 @@ def render_grid(entries: list[Entry]) -> str:
 
 
 def render_details(entries: list[Entry]) -> str:
-    """Render a Markdown table of the trained entries: figures, status against the anchor, training time, steps and hardware."""
+    """Render a Markdown table of the trained entries: figures, status against the anchor, training time, steps, hardware and storage."""
     lines = [
-        "| model | setting | NMSE aggregate (dB) | NMSE per-sample (dB) | Open-L2O (dB) | status | training | steps | hardware |",
-        "|---|---|---:|---:|---:|---|---:|---:|---|",
+        "| model | setting | NMSE aggregate (dB) | NMSE per-sample (dB) | Open-L2O (dB) | status | training | steps | hardware | storage |",
+        "|---|---|---:|---:|---:|---|---:|---:|---|---|",
     ]
     for entry in entries:
         if entry.nmse_db is None:
             continue
         lines.append(
             f"| {entry.model}{' (tied)' if entry.tied else ''} | {entry.setting} | {_format(entry.nmse_db)} | {_format(entry.nmse_db_per_sample)} "
-            f"| {_format(entry.anchor_db, 1)} | {entry.status} | {entry.training_s / 60:.0f} min | {entry.steps} | {entry.machine} |"
+            f"| {_format(entry.anchor_db, 1)} | {entry.status} | {entry.training_s / 60:.0f} min | {entry.steps} | {entry.machine} "
+            f"| {entry.codec or '–'}, {_format(entry.weights_mb)} MB |"
         )
     return "\n".join(lines) + "\n"
 

@@ -230,7 +230,7 @@ def train(config: dict[str, Any], run_dir: Path, callbacks: list[pl.Callback], l
             "accelerator": type(trainer.accelerator).__name__,
             "protocol": protocol_name(config),
         },
-        "storage": {"rounding_shift_db": storage.rounding_shift_db},
+        "storage": storage.card_record(),
     }
     if "LayerwiseTraining" in protocol_states:
         # Where the schedule ended: finished is false when trainer.max_steps cut it short.
@@ -242,7 +242,7 @@ def train(config: dict[str, Any], run_dir: Path, callbacks: list[pl.Callback], l
         module.hparams.network_kwargs or {},
         problem,
         extra,
-        weights_dtype=storage.weights_dtype,
+        codec=storage.codec,
     )
     last = test_metrics["per_layer"]["nmse_db"][-1]
     log.info("Test NMSE at layer %d: %.2f dB (aggregate); weights and card in %s", module.hparams.n_layers, last, run_dir)

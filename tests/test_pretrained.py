@@ -76,7 +76,7 @@ def test_weights_files_omit_operator():
 
         assert card["format"] == models.hub.CARD_FORMAT, name
         assert "A" not in keys, name
-        assert abs(card["storage"]["rounding_shift_db"]) <= STORAGE_TOLERANCE_DB or card["weights_dtype"] == "float32", name
+        assert abs(card["storage"]["rounding_shift_db"]) <= STORAGE_TOLERANCE_DB or card["storage"]["codec"] == "float32", name
 
 
 @pytest.mark.parametrize("name", PRETRAINED)

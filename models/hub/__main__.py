@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser(
         "list",
-        help="print name, network, tag, problem, layers, test NMSE at the last layer and weights size of every shipped "
+        help="print name, network, tag, problem, layers, test NMSE at the last layer, storage codec and weights size of every shipped "
         "model, then the imaging models with their task, stages, PSNR and SSIM",
     )
     verify = commands.add_parser(
@@ -70,7 +70,7 @@ def run_list() -> int:
         list_imaging()
         return 0
 
-    headers = ["name", "network", "tag", "problem", "layers", "NMSE (dB)", "per-sample NMSE (dB)", "weights (MB)"]
+    headers = ["name", "network", "tag", "problem", "layers", "NMSE (dB)", "per-sample NMSE (dB)", "storage", "weights (MB)"]
     rows = []
     for name in names:
         summary = summarize_checkpoint(name)
@@ -83,11 +83,12 @@ def run_list() -> int:
                 "-" if summary.n_layers is None else str(summary.n_layers),
                 format_number(summary.nmse_db),
                 format_number(summary.nmse_db_per_sample),
+                summary.codec or "-",
                 format_number(summary.weights_mb),
             ]
         )
     print(f"{len(names)} checkpoints in {checkpoints_dir()}; test NMSE after the last layer, float64")
-    print(format_table(headers, rows, align="llllrrrr"))
+    print(format_table(headers, rows, align="llllrrrlr"))
     list_imaging()
     return 0
 

@@ -2,16 +2,17 @@
 
 The weights file contains the learned tensors only: the operator A is regenerated from the card's
 problem seeds when the model loads (see :mod:`models.hub.loading`). :func:`choose_storage` stores
-the large learned matrices in float16 when that moves the test NMSE of the last layer by at most
-:data:`STORAGE_TOLERANCE_DB`, which halves the size of a LISTA-CP-like checkpoint. The card is then
-measured on the rounded weights, so ``verify`` re-measures exactly what is shipped.
+the large learned matrices with the smallest codec of :mod:`models.hub.storage` (int4, int8,
+float16) that moves the test NMSE of the last layer by at most :data:`STORAGE_TOLERANCE_DB`; int8
+takes about a quarter of float32. The card is then measured on the weights as stored, so ``verify``
+re-measures exactly what is shipped.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from models.hub.loading import (
     pretrained_card_path,
     sha256_file,
 )
+from models.hub.storage import CODECS, encode_state, round_through
 from unrolled.files import write_atomic
 from unrolled.layers import UnrolledISTA
 from unrolled.machine import describe_machine
@@ -36,51 +38,70 @@ from unrolled.problems import Problem
 from unrolled.report.evaluate import evaluate_layers
 
 
-# Largest shift of the last layer's test NMSE (aggregate, dB) that float16 storage may cause.
+# Largest shift of the last layer's test NMSE (aggregate, dB) that lossy storage may cause.
 STORAGE_TOLERANCE_DB = 0.05
 # Tensors with fewer entries (thresholds, step sizes, gates) stay in float32 because they take little room.
-HALF_MIN_NUMEL = 4096
+LOSSY_MIN_NUMEL = 4096
 
 
-def is_large(tensor: torch.Tensor) -> bool:
-    """Return whether float16 storage rounds ``tensor``: a floating-point tensor with at least HALF_MIN_NUMEL entries."""
-    return tensor.is_floating_point() and tensor.numel() >= HALF_MIN_NUMEL
+def is_large(key: str, tensor: torch.Tensor) -> bool:
+    """Return whether ``tensor`` (state-dict entry ``key``) is stored with the chosen codec: a learned floating-point tensor of LOSSY_MIN_NUMEL entries or more."""
+    return key != "A" and tensor.is_floating_point() and tensor.numel() >= LOSSY_MIN_NUMEL
 
 
-def round_large_tensors(network: UnrolledISTA, dtype: torch.dtype) -> UnrolledISTA:
-    """Return a copy of ``network`` whose large learned tensors are rounded through ``dtype`` and back."""
+def round_large_tensors(network: UnrolledISTA, codec: str) -> UnrolledISTA:
+    """Return a copy of ``network`` whose large learned tensors are as they load after storage with ``codec``."""
     rounded = copy.deepcopy(network)
     with torch.no_grad():
         for key, value in rounded.state_dict().items():
-            if key != "A" and is_large(value):
-                value.copy_(value.to(dtype))
+            if is_large(key, value):
+                value.copy_(round_through(value, codec))
     return rounded
 
 
 @dataclass
 class StorageChoice:
-    """The network as it will be stored, its storage dtype, its test metrics, and the shift rounding caused."""
+    """The network as it will be stored, its codec, its test metrics, and the shift storage caused.
+
+    ``shifts_db`` holds the shift measured for each codec tried, smallest codec first.
+    """
 
     network: UnrolledISTA
-    weights_dtype: torch.dtype
+    codec: str
     test_metrics: dict[str, Any]
     rounding_shift_db: float
+    shifts_db: dict[str, float] = field(default_factory=dict)
+
+    def card_record(self) -> dict[str, Any]:
+        """The card's ``storage`` field."""
+        return {"codec": self.codec, "rounding_shift_db": self.rounding_shift_db, "shifts_db": self.shifts_db}
 
 
-def choose_storage(network: UnrolledISTA, problem: Problem, tolerance_db: float = STORAGE_TOLERANCE_DB) -> StorageChoice:
-    """Choose float16 for the large learned tensors if that moves the last layer's test NMSE by at most ``tolerance_db``.
+def choose_storage(
+    network: UnrolledISTA, problem: Problem, tolerance_db: float = STORAGE_TOLERANCE_DB, prior_shift_db: float = 0.0
+) -> StorageChoice:
+    """Choose the smallest codec for the large learned tensors that moves the last layer's test NMSE by at most ``tolerance_db``.
 
-    Both the network as trained and its float16-rounded copy are measured on the test set. The
-    rounded copy is kept when its aggregate NMSE at the last layer is within ``tolerance_db`` of the
-    other's. The returned test metrics are those of the network that is kept.
+    The network as given and its copies rounded by int4, int8 and float16, in that order, are
+    measured on the test set. The first copy whose aggregate NMSE at the last layer is within
+    ``tolerance_db`` of the original's is kept, and float32 if none is. ``prior_shift_db`` is the shift the
+    given network already carries from an earlier storage (when a shipped checkpoint is repacked);
+    it counts against the tolerance and is included in the reported shifts. A network without
+    large tensors is kept in float32 untried. The returned test metrics are those of the network
+    that is kept.
     """
     exact = measure_test_metrics(network, problem)
-    rounded = round_large_tensors(network, torch.float16)
-    rounded_metrics = measure_test_metrics(rounded, problem)
-    shift = rounded_metrics["per_layer"]["nmse_db"][-1] - exact["per_layer"]["nmse_db"][-1]
-    if abs(shift) <= tolerance_db:
-        return StorageChoice(rounded, torch.float16, rounded_metrics, shift)
-    return StorageChoice(network, torch.float32, exact, shift)
+    if not any(is_large(key, value) for key, value in network.state_dict().items()):
+        return StorageChoice(network, "float32", exact, prior_shift_db)
+    reference = exact["per_layer"]["nmse_db"][-1]
+    shifts = {}
+    for codec in CODECS[:-1]:
+        rounded = round_large_tensors(network, codec)
+        metrics = measure_test_metrics(rounded, problem)
+        shifts[codec] = prior_shift_db + metrics["per_layer"]["nmse_db"][-1] - reference
+        if abs(shifts[codec]) <= tolerance_db:
+            return StorageChoice(rounded, codec, metrics, shifts[codec], shifts)
+    return StorageChoice(network, "float32", exact, prior_shift_db, shifts)
 
 
 def export_model(
@@ -91,7 +112,7 @@ def export_model(
     problem: Problem,
     extra: dict[str, Any],
     stem: str | None = None,
-    weights_dtype: torch.dtype = torch.float32,
+    codec: str = "float32",
 ) -> Path:
     """Write ``<stem>.safetensors`` and ``<stem>.json`` (default: model.safetensors and model_card.json) atomically.
 
@@ -99,7 +120,8 @@ def export_model(
     operator's dtype and probes, the sha256 of the weights and everything in ``extra`` (training
     config, test metrics per layer, training time, hardware). The weights file leaves out the
     operator A, so A must be the problem's up to rounding (``ValueError`` otherwise). The large
-    learned tensors are stored in ``weights_dtype``. Returns the card's path.
+    learned tensors are stored with ``codec`` (see :mod:`models.hub.storage`), and the card's
+    ``weights_storage`` lists how. Returns the card's path.
     """
     A = network.A.detach().cpu()
     # Not exact equality: LAPACK on another CPU may round an ill-conditioned A differently in the last bit.
@@ -111,12 +133,9 @@ def export_model(
     folder = Path(folder)
     weights_path = folder / (f"{stem}.safetensors" if stem else WEIGHTS_FILE)
     card_path = folder / (f"{stem}.json" if stem else CARD_FILE)
-    tensors = {
-        key: (value.to(weights_dtype) if is_large(value) else value).detach().cpu().contiguous()
-        for key, value in network.state_dict().items()
-        if key != "A"
-    }
-    write_atomic(weights_path, save(tensors))
+    state = {key: value for key, value in network.state_dict().items() if key != "A"}
+    entries, records = encode_state(state, {key: codec for key, value in state.items() if is_large(key, value)})
+    write_atomic(weights_path, save(entries))
     card = {
         "format": CARD_FORMAT,
         "network": network_name,
@@ -125,7 +144,7 @@ def export_model(
         "problem": problem.spec(),
         "operator": {"dtype": str(A.dtype).removeprefix("torch."), "probes": operator_probes(A)},
         "weights_file": weights_path.name,
-        "weights_dtype": str(weights_dtype).removeprefix("torch."),
+        "weights_storage": records,
         "sha256": sha256_file(weights_path),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": describe_machine("cpu"),
@@ -157,22 +176,24 @@ def measure_test_metrics(network: UnrolledISTA, problem: Problem) -> dict[str, A
 def repack_checkpoint(name: str) -> dict[str, Any]:
     """Rewrite the shipped model ``name`` in the current card format, with its storage chosen by :func:`choose_storage`.
 
-    The operator leaves the weights file and the large tensors may move to float16. The test metrics
-    are re-measured on the weights as stored. Every other field of the card (training record,
-    command, machine) is carried over. Returns the new card.
+    The operator leaves the weights file and the large tensors may move to a smaller codec. The
+    shift recorded in the old card counts against the tolerance, so the new card's shift is measured
+    from the weights as trained. The test metrics are re-measured on the weights as stored. Every
+    other field of the card (training record, command, machine) is carried over. Returns the new card.
     """
     loaded = load_pretrained(name)
     # Loading the new card regenerates A on this machine, so the card is measured with that A.
     with torch.no_grad():
         loaded.network.A.copy_(loaded.problem.A)
-    storage = choose_storage(loaded.network, loaded.problem)
-    # export_model writes these four fields anew.
-    rewritten = ("format", "operator", "weights_dtype", "sha256")
+    prior_shift = loaded.card.get("storage", {}).get("rounding_shift_db", 0.0)
+    storage = choose_storage(loaded.network, loaded.problem, prior_shift_db=prior_shift)
+    # export_model writes these fields anew. Format-2 cards have weights_dtype where format 3 has weights_storage.
+    rewritten = ("format", "operator", "weights_dtype", "weights_storage", "sha256")
     carried_fields = {key: value for key, value in loaded.card.items() if key not in rewritten}
     extra = {
         **carried_fields,
         "test_metrics": {**storage.test_metrics, "measured": datetime.now(timezone.utc).isoformat(timespec="seconds")},
-        "storage": {"rounding_shift_db": storage.rounding_shift_db},
+        "storage": storage.card_record(),
     }
     card_path = pretrained_card_path(name)
     export_model(
@@ -183,7 +204,7 @@ def repack_checkpoint(name: str) -> dict[str, Any]:
         loaded.problem,
         extra,
         stem=name,
-        weights_dtype=storage.weights_dtype,
+        codec=storage.codec,
     )
     return json.loads(card_path.read_text())
 

@@ -5,9 +5,11 @@ card must be registered and ``weights_file`` must be a plain file name. The sha2
 file must then match the card before any tensor is read, and only after that are the tensors read
 (with safetensors, no pickle) and the registered class instantiated.
 
-Cards of format 2 leave the operator A out of the weights file: the loader regenerates it from the
-problem spec and seeds in the card and checks it against the card's probes ``u_iᵀ A v_i``. Cards of
-format 1 (written before December 2026) keep A in the weights file, and still load.
+Cards of format 2 and 3 leave the operator A out of the weights file: the loader regenerates it
+from the problem spec and seeds in the card and checks it against the card's probes ``u_iᵀ A v_i``.
+Format 3 adds ``weights_storage``, the codec of each large tensor (:mod:`models.hub.storage`), and
+the loader decodes those tensors to float32. Cards of format 1 (written before December 2026) keep
+A in the weights file, and they still load, as do those of format 2 (float16 or float32 tensors).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
+from models.hub.storage import decode_state
 from models.registry import NETWORKS, build_network, unknown_name_error
 from unrolled.layers import UnrolledISTA
 from unrolled.problems import Problem, build_problem
@@ -33,7 +36,7 @@ log = logging.getLogger(__name__)
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "model_card.json"
 CHECKPOINTS_ENV = "UNROLLED_ZOO_CHECKPOINTS"
-CARD_FORMAT = 2
+CARD_FORMAT = 3
 # Seeds of the probe vectors u_i, v_i whose bilinear forms u_iᵀ A v_i fingerprint the operator in a card.
 PROBE_SEEDS = (101, 102, 103, 104)
 # Relative tolerance for the probes of a regenerated operator. Rounding A to float32 moves them by
@@ -88,6 +91,12 @@ def read_card(card_path: Path) -> dict[str, Any]:
             f"{error} The model card {card_path} names it. Nothing was loaded: import the module that "
             "registers this network (models.registry.register_network) before loading, or correct the card."
         )
+    card_format = card.get("format", 1)
+    if not isinstance(card_format, int) or not 1 <= card_format <= CARD_FORMAT:
+        raise ValueError(
+            f"model card {card_path} has format {card_format!r}; this version of unrolled-zoo reads formats 1 to "
+            f"{CARD_FORMAT}. Update unrolled-zoo to load it."
+        )
     if Path(card["weights_file"]).name != card["weights_file"] or card["weights_file"] == "..":
         raise ValueError(f"weights_file in {card_path} must be a plain file name, got {card['weights_file']!r}.")
     return card
@@ -115,7 +124,7 @@ def operator_probes(A: Tensor) -> list[float]:
 
 
 def card_operator(card: dict[str, Any], card_path: Path, card_problem: Problem) -> Tensor:
-    """Regenerate the operator a format-2 card was trained with from its problem, and check it against the card's probes.
+    """Regenerate the operator a card of format 2 or 3 was trained with from its problem, and check it against the card's probes.
 
     Raises ``ValueError`` when the probes disagree: the card was edited, or the random number
     generator of this torch build draws another operator from the same seeds.
@@ -123,7 +132,7 @@ def card_operator(card: dict[str, Any], card_path: Path, card_problem: Problem) 
     operator = card.get("operator")
     if not isinstance(operator, dict) or "probes" not in operator or "dtype" not in operator:
         raise ValueError(
-            f"model card {card_path} is missing the operator record (dtype and probes) that format {CARD_FORMAT} needs "
+            f"model card {card_path} is missing the operator record (dtype and probes) that formats 2 and later need "
             "to regenerate A. Re-export the model with models.hub.export_model."
         )
     if operator["dtype"] not in OPERATOR_DTYPES:
@@ -197,8 +206,10 @@ def load_card_and_network(card_path: Path, name: str, problem: Problem | dict[st
     weights_path = Path(card_path).parent / card["weights_file"]
     check_sha256(weights_path, card, card_path)
     state = load_file(str(weights_path))
+    if "weights_storage" in card:
+        state = decode_state(state, card["weights_storage"], f"model card {card_path}")
     card_problem = build_problem(card["problem"])
-    # Format-1 cards keep A in the weights file; format 2 regenerates it from the card's seeds.
+    # Format-1 cards keep A in the weights file; later formats regenerate it from the card's seeds.
     A = state.pop("A") if "A" in state else card_operator(card, card_path, card_problem)
     if problem is None:
         problem = card_problem
@@ -206,7 +217,7 @@ def load_card_and_network(card_path: Path, name: str, problem: Problem | dict[st
         problem = as_problem(problem)
         check_operator_matches(name, A, card, problem)
     network = build_network(card["network"], A, card["n_layers"], **card["network_kwargs"])
-    # load_state_dict casts float16 weights (see models.hub.export.choose_storage) to the network's dtype.
+    # load_state_dict casts float16 weights of format-2 cards to the network's dtype.
     network.load_state_dict({**state, "A": A}, strict=True)
     network.eval()
     return LoadedModel(name=name, network=network, problem=problem, card=card)

@@ -35,6 +35,7 @@ class CheckpointSummary:
     nmse_db: float | None
     nmse_db_per_sample: float | None
     weights_mb: float | None
+    codec: str | None
 
 
 @dataclass
@@ -90,11 +91,12 @@ def summarize_checkpoint(name: str) -> CheckpointSummary:
             raise ValueError(f"expected a JSON object, got {type(card).__name__}")
     except (OSError, ValueError) as error:
         log.warning("cannot read the model card %s: %s", card_path, error)
-        return CheckpointSummary(name, None, tag, None, None, None, None, None)
+        return CheckpointSummary(name, None, tag, None, None, None, None, None, None)
 
     per_layer = card.get("test_metrics", {}).get("per_layer", {})
     weights_path = card_path.parent / str(card.get("weights_file", ""))
     weights_mb = weights_path.stat().st_size / 1e6 if card.get("weights_file") and weights_path.is_file() else None
+    storage = card.get("storage") if isinstance(card.get("storage"), dict) else {}
     return CheckpointSummary(
         name=name,
         network=card.get("network"),
@@ -104,6 +106,8 @@ def summarize_checkpoint(name: str) -> CheckpointSummary:
         nmse_db=_last(per_layer.get("nmse_db")),
         nmse_db_per_sample=_last(per_layer.get("nmse_db_per_sample")),
         weights_mb=weights_mb,
+        # Format-2 cards name the dtype of their large tensors in weights_dtype.
+        codec=storage.get("codec") or card.get("weights_dtype"),
     )
 
 

@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from models import NETWORKS, build_network, export_model, list_pretrained, load_pretrained, load_run
 from models.hub import (
     CARD_FILE,
+    CARD_FORMAT,
     CHECKPOINTS_ENV,
     WEIGHTS_FILE,
     checkpoints_dir,
@@ -124,7 +125,7 @@ def test_export_leaves_operator_out(tmp_path, network, small_problem):
     assert stored == set(network.state_dict()) - {"A"}
     assert card["operator"]["dtype"] == "float32"
     assert card["operator"]["probes"] == operator_probes(network.A)
-    assert card["weights_dtype"] == "float32"
+    assert card["weights_storage"] == {}
 
 
 def test_probes_detect_other_operator(small_problem):
@@ -199,38 +200,95 @@ def test_repack_format1_checkpoint(zoo_checkpoints, network, small_problem, meas
 
     with safe_open(str(weights_path), "pt") as weights:
         assert "A" not in weights.keys()
-    assert repacked["format"] == 2
+    assert repacked["format"] == CARD_FORMAT
     assert repacked["command"] == "train.py model=alista"
     assert repacked["sha256"] == sha256_file(weights_path)
     assert repacked["test_metrics"]["per_layer"] == measure_test_metrics(network, small_problem)["per_layer"]
     assert torch.equal(load_pretrained("alista.old").network(measurements), network(measurements))
 
 
-@pytest.mark.parametrize(("tolerance_db", "expected_dtype"), [(1.0, torch.float16), (-1.0, torch.float32)])
-def test_storage_rounds_large_tensors(tmp_path, small_problem, measurements, tolerance_db, expected_dtype):
+@pytest.fixture
+def perturbed_lista_cp(small_problem):
+    """LISTA-CP whose W (3 x 50 x 100 entries) is large enough for lossy storage.
+
+    Its columns are scaled over three decades, so int4 rounds many entries of a group to zero and
+    shifts the NMSE far more than int8.
+    """
     torch.manual_seed(0)
     network = build_network("lista_cp", small_problem.A.float(), N_LAYERS, reg=0.2)
     with torch.no_grad():
         for parameter in network.parameters():
             parameter.mul_(1 + 0.2 * torch.rand_like(parameter))
+        network.W.mul_(torch.logspace(-3, 0, network.W.shape[-1]))
+    return network
+
+
+def _last_layer_shift(network, rounded, problem) -> float:
+    return measure_test_metrics(rounded, problem)["per_layer"]["nmse_db"][-1] - measure_test_metrics(network, problem)["per_layer"]["nmse_db"][-1]
+
+
+@pytest.mark.parametrize(("tolerance_db", "expected_codec"), [(100.0, "int4"), (-1.0, "float32")])
+def test_storage_codec_round_trip(tmp_path, small_problem, measurements, perturbed_lista_cp, tolerance_db, expected_codec):
+    network = perturbed_lista_cp
 
     storage = choose_storage(network, small_problem, tolerance_db=tolerance_db)
-    export_model(tmp_path, "lista_cp", storage.network, {"reg": 0.2}, small_problem, {}, weights_dtype=storage.weights_dtype)
+    export_model(tmp_path, "lista_cp", storage.network, {"reg": 0.2}, small_problem, {}, codec=storage.codec)
     loaded = load_run(tmp_path)
 
-    assert storage.weights_dtype == expected_dtype
-    exact = measure_test_metrics(network, small_problem)["per_layer"]["nmse_db"][-1]
-    assert storage.rounding_shift_db == pytest.approx(
-        measure_test_metrics(round_large_tensors(network, torch.float16), small_problem)["per_layer"]["nmse_db"][-1] - exact
-    )
-    assert storage.rounding_shift_db != 0.0
+    assert storage.codec == expected_codec
+    tried = ["int4"] if expected_codec == "int4" else ["int4", "int8", "float16"]
+    assert list(storage.shifts_db) == tried
+    for codec in tried:
+        assert storage.shifts_db[codec] == pytest.approx(
+            _last_layer_shift(network, round_large_tensors(network, codec), small_problem), abs=1e-12
+        )
+    assert storage.rounding_shift_db == (storage.shifts_db["int4"] if expected_codec == "int4" else 0.0)
     with safe_open(str(tmp_path / WEIGHTS_FILE), "pt") as weights:
         dtypes = {key: weights.get_tensor(key).dtype for key in weights.keys()}
-    large = {key for key, value in network.state_dict().items() if key != "A" and value.numel() >= 4096}
-    assert large and all(dtypes[key] == expected_dtype for key in large)
-    assert all(dtypes[key] == torch.float32 for key in dtypes.keys() - large)
+    card = json.loads((tmp_path / CARD_FILE).read_text())
+    assert card["weights_storage"]["W"]["codec"] == expected_codec
+    expected_entries = {"W.int4": torch.uint8, "W.scale": torch.float32} if expected_codec == "int4" else {"W": torch.float32}
+    assert {key: dtypes[key] for key in expected_entries} == expected_entries
+    assert all(dtype == torch.float32 for key, dtype in dtypes.items() if not key.startswith("W"))
     assert torch.equal(loaded.network(measurements), storage.network(measurements))
     assert measure_test_metrics(loaded.network, small_problem) == storage.test_metrics
+
+
+def test_storage_picks_smallest_codec_within_tolerance(small_problem, perturbed_lista_cp):
+    """With the tolerance between the int8 and int4 shifts, int8 is kept; a prior shift counts against the tolerance."""
+    shifts = {
+        codec: _last_layer_shift(perturbed_lista_cp, round_large_tensors(perturbed_lista_cp, codec), small_problem)
+        for codec in ("int4", "int8")
+    }
+    assert abs(shifts["int8"]) < abs(shifts["int4"])
+    tolerance = (abs(shifts["int8"]) + abs(shifts["int4"])) / 2
+
+    storage = choose_storage(perturbed_lista_cp, small_problem, tolerance_db=tolerance)
+    prior = choose_storage(perturbed_lista_cp, small_problem, tolerance_db=tolerance, prior_shift_db=10 * tolerance + 1)
+
+    assert storage.codec == "int8"
+    assert storage.rounding_shift_db == pytest.approx(shifts["int8"], abs=1e-12)
+    assert prior.codec == "float32"
+    assert prior.rounding_shift_db == 10 * tolerance + 1
+    assert prior.shifts_db["int8"] == pytest.approx(10 * tolerance + 1 + shifts["int8"], abs=1e-12)
+
+
+def test_card_with_unknown_codec_loads_nothing(tmp_path, small_problem, perturbed_lista_cp):
+    export_model(tmp_path, "lista_cp", perturbed_lista_cp, {"reg": 0.2}, small_problem, {}, codec="int8")
+    card = json.loads((tmp_path / CARD_FILE).read_text())
+    card["weights_storage"]["W"]["codec"] = "pickle"
+    (tmp_path / CARD_FILE).write_text(json.dumps(card))
+
+    with pytest.raises(ValueError, match=r"names the storage codec 'pickle'; expected one of int4, int8, float16, float32"):
+        load_run(tmp_path)
+
+
+def test_card_of_newer_format(tmp_path, network, small_problem):
+    card_path = _export(tmp_path, network, small_problem)
+    _edit_card(card_path, format=CARD_FORMAT + 1)
+
+    with pytest.raises(ValueError, match=rf"has format {CARD_FORMAT + 1}; this version of unrolled-zoo reads formats 1 to {CARD_FORMAT}"):
+        load_run(tmp_path)
 
 
 def test_loaded_problem_regenerates_test_set(tmp_path, network, small_problem):
@@ -459,8 +517,9 @@ def test_loaded_network_wrong_measurement_length(tmp_path, network, small_proble
 def _publish_toy(folder: Path, network, problem, stem: str, n_layers: int = N_LAYERS) -> Path:
     """Export ``network`` as the shipped model ``stem`` with test metrics measured like train.py's."""
 
-    extra = {"test_metrics": measure_test_metrics(network, problem)}
-    return export_model(folder, "alista", network, NETWORK_KWARGS, problem, extra, stem=stem)
+    storage = choose_storage(network, problem)
+    extra = {"test_metrics": storage.test_metrics, "storage": storage.card_record()}
+    return export_model(folder, "alista", storage.network, NETWORK_KWARGS, problem, extra, stem=stem, codec=storage.codec)
 
 
 def test_cli_list_toy_models(zoo_checkpoints, network, small_problem, capsys, caplog):
@@ -478,7 +537,8 @@ def test_cli_list_toy_models(zoo_checkpoints, network, small_problem, capsys, ca
     card = json.loads((zoo_checkpoints / "alista.small.json").read_text())
     assert rows["alista.small"][7] == f"{card['test_metrics']['per_layer']['nmse_db'][-1]:.2f}"
     assert rows["alista.small"][8] == f"{card['test_metrics']['per_layer']['nmse_db_per_sample'][-1]:.2f}"
-    assert rows["alista.small"][9] == f"{(zoo_checkpoints / 'alista.small.safetensors').stat().st_size / 1e6:.2f}"
+    assert rows["alista.small"][9] == card["storage"]["codec"] == "float32"
+    assert rows["alista.small"][10] == f"{(zoo_checkpoints / 'alista.small.safetensors').stat().st_size / 1e6:.2f}"
     assert "cannot read the model card" in caplog.text
 
 

@@ -97,10 +97,15 @@ def test_tied_checkpoint_marked(tmp_path):
         "test_metrics": {"per_layer": {"nmse_db": [-17.0], "nmse_db_per_sample": [-18.0]}},
         "machine": {"cpu": "test CPU", "torch_threads": 1, "gpu": None},
         "training": {"time_s": 60.0, "global_steps": 100},
+        "storage": {"codec": "float16"},
+        "weights_file": "lista.sc250x500_noiseless.safetensors",
     }
     (tmp_path / "lista.sc250x500_noiseless.json").write_text(json.dumps(card))
+    (tmp_path / card["weights_file"]).write_bytes(bytes(1_500_000))
 
     entries = collect_entries(tmp_path)
 
     assert "| lista | -17.0 / -18.0 tied |" in render_grid(entries)
-    assert "| lista (tied) | sc250x500_noiseless | -17.00 | -18.00 |" in render_details(entries)
+    details = render_details(entries)
+    assert "| lista (tied) | sc250x500_noiseless | -17.00 | -18.00 |" in details
+    assert details.splitlines()[-1].endswith("| float16, 1.50 MB |")
