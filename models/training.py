@@ -238,7 +238,8 @@ def train(config: dict[str, Any], run_dir: Path, callbacks: list[pl.Callback], l
     card_path = export_model(
         run_dir,
         module.hparams.network,
-        storage.network,
+        # The network as trained: export_model rounds it with the codec exactly as choose_storage did.
+        module.network,
         module.hparams.network_kwargs or {},
         problem,
         extra,

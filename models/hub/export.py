@@ -55,7 +55,7 @@ def round_large_tensors(network: UnrolledISTA, codec: str) -> UnrolledISTA:
     with torch.no_grad():
         for key, value in rounded.state_dict().items():
             if is_large(key, value):
-                value.copy_(round_through(value, codec))
+                value.copy_(round_through(value, codec, rounded.A))
     return rounded
 
 
@@ -121,7 +121,9 @@ def export_model(
     config, test metrics per layer, training time, hardware). The weights file leaves out the
     operator A, so A must be the problem's up to rounding (``ValueError`` otherwise). The large
     learned tensors are stored with ``codec`` (see :mod:`models.hub.storage`), and the card's
-    ``weights_storage`` lists how. Returns the card's path.
+    ``weights_storage`` lists how. Pass the network before any rounding: coding on the operator
+    basis is not idempotent, so only the unrounded network stores exactly as
+    :func:`choose_storage` rounded it. Returns the card's path.
     """
     A = network.A.detach().cpu()
     # Not exact equality: LAPACK on another CPU may round an ill-conditioned A differently in the last bit.
@@ -134,7 +136,7 @@ def export_model(
     weights_path = folder / (f"{stem}.safetensors" if stem else WEIGHTS_FILE)
     card_path = folder / (f"{stem}.json" if stem else CARD_FILE)
     state = {key: value for key, value in network.state_dict().items() if key != "A"}
-    entries, records = encode_state(state, {key: codec for key, value in state.items() if is_large(key, value)})
+    entries, records = encode_state(state, {key: codec for key, value in state.items() if is_large(key, value)}, A)
     write_atomic(weights_path, save(entries))
     card = {
         "format": CARD_FORMAT,
@@ -199,7 +201,7 @@ def repack_checkpoint(name: str) -> dict[str, Any]:
     export_model(
         card_path.parent,
         loaded.card["network"],
-        storage.network,
+        loaded.network,
         loaded.card["network_kwargs"],
         loaded.problem,
         extra,

@@ -206,11 +206,11 @@ def load_card_and_network(card_path: Path, name: str, problem: Problem | dict[st
     weights_path = Path(card_path).parent / card["weights_file"]
     check_sha256(weights_path, card, card_path)
     state = load_file(str(weights_path))
-    if "weights_storage" in card:
-        state = decode_state(state, card["weights_storage"], f"model card {card_path}")
     card_problem = build_problem(card["problem"])
     # Format-1 cards keep A in the weights file; later formats regenerate it from the card's seeds.
     A = state.pop("A") if "A" in state else card_operator(card, card_path, card_problem)
+    if "weights_storage" in card:
+        state = decode_state(state, card["weights_storage"], f"model card {card_path}", A)
     if problem is None:
         problem = card_problem
     else:

@@ -10,6 +10,15 @@ along the last axis (group-wise absmax quantization, as in Dettmers et al., "LLM
 so every entry moves by at most ``s / 2``. int4 packs two entries per byte. Per entry, with
 float32 scales, int8 takes ``1 + 4/g`` bytes and int4 ``1/2 + 4/g`` bytes, against 4 for float32.
 
+A learned matrix W_k of the operator's shape is close to a combination of A and the analytic
+ALISTA weight (:func:`unrolled.layers.alista.alista_weight`): that is the weight LISTA-CP tends to
+(Liu et al., "ALISTA", ICLR 2019). The integer codecs therefore quantize the residual
+
+    R_k = W_k - (c_k1 A + c_k2 W_alista),    (c_k1, c_k2) the least-squares fit, stored in float32,
+
+whose largest entries are smaller than those of W_k, so the scales and the rounding errors are
+too. The loader rebuilds the basis from the regenerated operator.
+
 A weights file holds, for a tensor ``key`` stored with an integer codec, the entries
 ``key.int8`` or ``key.int4`` (integers) and ``key.scale`` (float32, one per group). The card lists
 each such tensor with its codec, shape and group size (:func:`encode` returns that record), and
@@ -24,12 +33,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from unrolled.layers.alista import alista_weight
+
 # Codecs from the smallest file to the largest, the order in which models.hub.export.choose_storage tries them.
 CODECS = ("int4", "int8", "float16", "float32")
 INTEGER_BITS = {"int4": 4, "int8": 8}
 # Ending of the errors of decode: what the user can do about a record that does not fit.
 RESTORE_HINT = "The card or its weights file was edited or is damaged: restore both, or re-export the model."
 FLOAT_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+# Names of the basis matrices of a tensor of the operator's shape, in the order of its coefficients.
+BASIS = ("A", "alista_weight")
 # A group is the largest divisor of the last axis from MIN_GROUP_SIZE to MAX_GROUP_SIZE (50 for 500
 # columns, 64 for 512), or the whole last axis when none divides it (a prime number of columns).
 MIN_GROUP_SIZE, MAX_GROUP_SIZE = 16, 64
@@ -51,34 +64,61 @@ def _check_codec(codec: Any, where: str) -> None:
         raise ValueError(f"{where} names the storage codec {codec!r}; expected one of {', '.join(CODECS)}.")
 
 
-def encode(key: str, tensor: Tensor, codec: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
+def operator_basis(operator: Tensor | None, shape: tuple[int, ...] | torch.Size) -> Tensor | None:
+    """Return the basis (A, W_alista) in float64, stacked as (2, m, n), if a tensor of ``shape`` is coded on it, else None.
+
+    A tensor is coded on the basis when its last two axes have the operator's shape and the
+    operator is wide (m ≤ n), which the ALISTA weight needs.
+    """
+    if operator is None or len(shape) < 2 or tuple(shape[-2:]) != tuple(operator.shape):
+        return None
+    A = operator.detach().to("cpu", torch.float64)
+    if A.shape[0] > A.shape[1]:
+        return None
+    return torch.stack([A, alista_weight(A)])
+
+
+def encode(key: str, tensor: Tensor, codec: str, operator: Tensor | None = None) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Encode ``tensor`` with ``codec``: return the entries of the weights file and the card's record of them.
 
     A float codec gives the single entry ``key`` and the record ``{"codec": codec}``. An integer
     codec gives ``key.int8`` or ``key.int4`` with ``key.scale``, and its record adds ``shape`` and
-    ``group_size``. Raises ``ValueError`` for a codec not in :data:`CODECS`.
+    ``group_size``. With ``operator`` given and a tensor of its shape (see :func:`operator_basis`),
+    the integers code the residual from the basis, the coefficients go to ``key.basis`` and the
+    record names the basis. Raises ``ValueError`` for a codec not in :data:`CODECS`.
     """
     _check_codec(codec, "encode")
     tensor = tensor.detach().cpu()
     if codec in FLOAT_DTYPES:
         return {key: tensor.to(FLOAT_DTYPES[codec]).contiguous()}, {"codec": codec}
-    size = group_size(tensor.shape)
-    groups = tensor.to(torch.float32).reshape(-1, size)
+    values = tensor.to(torch.float64)
+    entries, record = {}, {"codec": codec, "shape": list(tensor.shape), "group_size": group_size(tensor.shape)}
+    basis = operator_basis(operator, tensor.shape)
+    if basis is not None:
+        flat_basis = basis.reshape(2, -1)
+        slices = values.reshape(-1, flat_basis.shape[1])
+        # gelsy (the CPU default) also solves a rank-deficient fit, where A and W_alista are parallel.
+        coefficients = torch.linalg.lstsq(flat_basis.T, slices.T).solution.T.to(torch.float32).contiguous()
+        values = values - _combine(coefficients, flat_basis, tensor.shape)
+        entries[f"{key}.basis"] = coefficients
+        record["basis"] = list(BASIS)
+    groups = values.reshape(-1, record["group_size"])
     q_max = _q_max(codec)
-    scale = groups.abs().amax(dim=1, keepdim=True) / q_max
+    scale = (groups.abs().amax(dim=1, keepdim=True) / q_max).to(torch.float32)
     # An all-zero group has scale 0, so it is divided by 1 instead, which keeps its integers at 0.
-    q = torch.round(groups / torch.where(scale > 0, scale, torch.ones_like(scale))).clamp_(-q_max, q_max).to(torch.int8)
-    record = {"codec": codec, "shape": list(tensor.shape), "group_size": size}
-    if codec == "int8":
-        return {f"{key}.int8": q.contiguous(), f"{key}.scale": scale.contiguous()}, record
-    return {f"{key}.int4": _pack_nibbles(q.flatten()), f"{key}.scale": scale.contiguous()}, record
+    divisor = torch.where(scale > 0, scale, torch.ones_like(scale)).to(torch.float64)
+    q = torch.round(groups / divisor).clamp_(-q_max, q_max).to(torch.int8)
+    entries[f"{key}.scale"] = scale.contiguous()
+    entries[f"{key}.{codec}"] = q.contiguous() if codec == "int8" else _pack_nibbles(q.flatten())
+    return entries, record
 
 
-def decode(key: str, entries: dict[str, Tensor], record: Any, where: str) -> Tensor:
-    """Rebuild tensor ``key`` from the weights-file ``entries`` and its card ``record`` (see :func:`encode`).
+def decode(key: str, entries: dict[str, Tensor], record: Any, where: str, operator: Tensor | None = None) -> Tensor:
+    """Rebuild tensor ``key`` in float32 from the weights-file ``entries`` and its card ``record`` (see :func:`encode`).
 
-    Raises ``ValueError``, naming ``where`` (the card), when the record is malformed or does not fit
-    the entries: an unknown codec, a missing entry, or a shape, group size or dtype that disagrees.
+    ``operator`` is needed for a record coded on the operator basis. Raises ``ValueError``, naming
+    ``where`` (the card), when the record is malformed or does not fit the entries: an unknown
+    codec or basis, a missing entry or operator, or a shape, group size or dtype that disagrees.
     """
     if not isinstance(record, dict):
         raise ValueError(f"{where}: the storage record of {key!r} must be an object, got {record!r}. {RESTORE_HINT}")
@@ -108,44 +148,74 @@ def decode(key: str, entries: dict[str, Tensor], record: Any, where: str) -> Ten
         )
     if numel and (q.min().item() < -_q_max(codec) or q.max().item() > _q_max(codec)):
         raise ValueError(f"{where}: tensor {key!r} holds integers outside ±{_q_max(codec)}, which {codec} never writes. {RESTORE_HINT}")
-    return (q.reshape(-1, size).to(torch.float32) * scale.reshape(-1, 1)).reshape(shape)
+    values = (q.reshape(-1, size).to(torch.float64) * scale.reshape(-1, 1).to(torch.float64)).reshape(shape)
+    if "basis" in record:
+        values = values + _decode_basis(key, entries, record, where, operator)
+    return values.to(torch.float32)
 
 
-def round_through(tensor: Tensor, codec: str) -> Tensor:
-    """Return ``tensor`` as it loads after storage with ``codec``, in ``tensor``'s dtype."""
-    entries, record = encode("t", tensor, codec)
-    return decode("t", entries, record, "round_through").to(tensor.dtype)
+def round_through(tensor: Tensor, codec: str, operator: Tensor | None = None) -> Tensor:
+    """Return ``tensor`` as it loads after storage with ``codec`` (on the basis of ``operator`` where it applies), in ``tensor``'s dtype."""
+    entries, record = encode("t", tensor, codec, operator)
+    return decode("t", entries, record, "round_through", operator).to(tensor.dtype)
 
 
-def encode_state(state: dict[str, Tensor], codecs: dict[str, str]) -> tuple[dict[str, Tensor], dict[str, dict[str, Any]]]:
+def encode_state(
+    state: dict[str, Tensor], codecs: dict[str, str], operator: Tensor | None = None
+) -> tuple[dict[str, Tensor], dict[str, dict[str, Any]]]:
     """Encode the tensors of ``state`` named in ``codecs``; return the weights-file entries and the card's records.
 
-    Tensors not named in ``codecs`` are stored as they are.
+    Tensors not named in ``codecs`` are stored as they are. ``operator``: see :func:`encode`.
     """
     entries, records = {}, {}
     for key, tensor in state.items():
         if key in codecs:
-            encoded, records[key] = encode(key, tensor, codecs[key])
+            encoded, records[key] = encode(key, tensor, codecs[key], operator)
             entries.update(encoded)
         else:
             entries[key] = tensor.detach().cpu().contiguous()
     return entries, records
 
 
-def decode_state(entries: dict[str, Tensor], records: Any, where: str) -> dict[str, Tensor]:
+def decode_state(entries: dict[str, Tensor], records: Any, where: str, operator: Tensor | None = None) -> dict[str, Tensor]:
     """Return the state dict of a weights file: each tensor in ``records`` decoded, the other entries unchanged.
 
-    Raises ``ValueError`` naming ``where`` when ``records`` is not an object or a record does not fit.
+    ``operator``: see :func:`decode`. Raises ``ValueError`` naming ``where`` when ``records`` is not
+    an object or a record does not fit.
     """
     if not isinstance(records, dict):
         raise ValueError(f"{where}: 'weights_storage' must map tensor names to storage records, got {records!r}.")
     state = dict(entries)
     for key, record in records.items():
-        tensor = decode(key, entries, record, where)
-        for name in (key, f"{key}.int8", f"{key}.int4", f"{key}.scale"):
+        tensor = decode(key, entries, record, where, operator)
+        for name in (key, f"{key}.int8", f"{key}.int4", f"{key}.scale", f"{key}.basis"):
             state.pop(name, None)
         state[key] = tensor
     return state
+
+
+def _combine(coefficients: Tensor, flat_basis: Tensor, shape: tuple[int, ...] | torch.Size) -> Tensor:
+    """Return the float64 tensor of ``shape`` whose slice k is Σ_j coefficients[k, j] · basis_j."""
+    return (coefficients.to(torch.float64) @ flat_basis).reshape(shape)
+
+
+def _decode_basis(key: str, entries: dict[str, Tensor], record: dict[str, Any], where: str, operator: Tensor | None) -> Tensor:
+    if record["basis"] != list(BASIS):
+        raise ValueError(f"{where}: tensor {key!r} names the basis {record['basis']!r}; expected {list(BASIS)}. {RESTORE_HINT}")
+    basis = operator_basis(operator, record["shape"])
+    if basis is None:
+        raise ValueError(
+            f"{where}: tensor {key!r} of shape {record['shape']} is coded on the operator basis, but the operator "
+            f"{'is missing' if operator is None else f'has shape {tuple(operator.shape)}'}. Load it with the problem of its card."
+        )
+    coefficients = _entry(entries, f"{key}.basis", torch.float32, where)
+    flat_basis = basis.reshape(2, -1)
+    slices = int(torch.Size(record["shape"]).numel()) // flat_basis.shape[1]
+    if tuple(coefficients.shape) != (slices, len(BASIS)):
+        raise ValueError(
+            f"{where}: entry '{key}.basis' has shape {tuple(coefficients.shape)}, expected {(slices, len(BASIS))}. {RESTORE_HINT}"
+        )
+    return _combine(coefficients, flat_basis, record["shape"])
 
 
 def _entry(entries: dict[str, Tensor], name: str, dtype: torch.dtype, where: str) -> Tensor:

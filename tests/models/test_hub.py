@@ -232,7 +232,7 @@ def test_storage_codec_round_trip(tmp_path, small_problem, measurements, perturb
     network = perturbed_lista_cp
 
     storage = choose_storage(network, small_problem, tolerance_db=tolerance_db)
-    export_model(tmp_path, "lista_cp", storage.network, {"reg": 0.2}, small_problem, {}, codec=storage.codec)
+    export_model(tmp_path, "lista_cp", network, {"reg": 0.2}, small_problem, {}, codec=storage.codec)
     loaded = load_run(tmp_path)
 
     assert storage.codec == expected_codec
@@ -247,8 +247,12 @@ def test_storage_codec_round_trip(tmp_path, small_problem, measurements, perturb
         dtypes = {key: weights.get_tensor(key).dtype for key in weights.keys()}
     card = json.loads((tmp_path / CARD_FILE).read_text())
     assert card["weights_storage"]["W"]["codec"] == expected_codec
-    expected_entries = {"W.int4": torch.uint8, "W.scale": torch.float32} if expected_codec == "int4" else {"W": torch.float32}
-    assert {key: dtypes[key] for key in expected_entries} == expected_entries
+    expected_entries = (
+        {"W.int4": torch.uint8, "W.scale": torch.float32, "W.basis": torch.float32}
+        if expected_codec == "int4"
+        else {"W": torch.float32}
+    )
+    assert {key: dtype for key, dtype in dtypes.items() if key.startswith("W")} == expected_entries
     assert all(dtype == torch.float32 for key, dtype in dtypes.items() if not key.startswith("W"))
     assert torch.equal(loaded.network(measurements), storage.network(measurements))
     assert measure_test_metrics(loaded.network, small_problem) == storage.test_metrics
@@ -519,7 +523,7 @@ def _publish_toy(folder: Path, network, problem, stem: str, n_layers: int = N_LA
 
     storage = choose_storage(network, problem)
     extra = {"test_metrics": storage.test_metrics, "storage": storage.card_record()}
-    return export_model(folder, "alista", storage.network, NETWORK_KWARGS, problem, extra, stem=stem, codec=storage.codec)
+    return export_model(folder, "alista", network, NETWORK_KWARGS, problem, extra, stem=stem, codec=storage.codec)
 
 
 def test_cli_list_toy_models(zoo_checkpoints, network, small_problem, capsys, caplog):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from models.hub.storage import CODECS, decode, decode_state, encode, encode_state, group_size, round_through
+from unrolled.layers.alista import alista_weight
 
 
 @pytest.fixture
@@ -104,3 +105,55 @@ def test_codecs_smallest_first(weights):
     sizes = [sum(entry.numel() * entry.element_size() for entry in encode("W", weights, codec)[0].values()) for codec in CODECS]
 
     assert sizes == sorted(sizes)
+
+
+@pytest.fixture
+def operator() -> torch.Tensor:
+    generator = torch.Generator().manual_seed(1)
+    A = torch.randn(20, 40, generator=generator)
+    return A / A.norm(dim=0)
+
+
+@pytest.fixture
+def near_basis(operator) -> torch.Tensor:
+    """Three slices 0.7 A - 0.2 W_alista, 0.5 A + 0.1 W_alista and -0.3 W_alista, plus noise of size 1e-3."""
+    generator = torch.Generator().manual_seed(2)
+    alista = alista_weight(operator)
+    slices = [0.7 * operator - 0.2 * alista, 0.5 * operator + 0.1 * alista, -0.3 * alista]
+    return torch.stack(slices) + 1e-3 * torch.randn(3, 20, 40, generator=generator)
+
+
+def test_operator_basis_codes_residual(operator, near_basis):
+    entries, record = encode("W", near_basis, "int4", operator)
+    decoded = decode("W", entries, record, "test", operator)
+
+    assert record["basis"] == ["A", "alista_weight"]
+    assert torch.allclose(entries["W.basis"], torch.tensor([[0.7, -0.2], [0.5, 0.1], [0.0, -0.3]]), atol=1e-3)
+    plain_error = (round_through(near_basis, "int4") - near_basis).abs().max()
+    basis_error = (decoded - near_basis).abs().max()
+    # The residual is noise of size 1e-3, so its int4 steps are about 1e-3 * 3 / 7.
+    assert basis_error < 1e-3
+    assert basis_error < plain_error / 50
+    assert torch.equal(round_through(near_basis, "int4", operator), decoded)
+
+
+def test_operator_basis_only_for_its_shape(operator, near_basis):
+    assert "basis" not in encode("W", near_basis[:, :, :20], "int8", operator)[1]
+    assert "basis" not in encode("W", near_basis, "int8", operator.T[:, :20])[1]
+    assert "basis" not in encode("W", near_basis, "float16", operator)[1]
+
+
+@pytest.mark.parametrize(
+    ("edit", "operator_passed", "message"),
+    [
+        (lambda entries, record: None, False, r"is coded on the operator basis, but the operator is missing"),
+        (lambda entries, record: record.update(basis=["A"]), True, r"names the basis \['A'\]; expected \['A', 'alista_weight'\]"),
+        (lambda entries, record: entries.update({"W.basis": entries["W.basis"][:2]}), True, r"'W.basis' has shape \(2, 2\), expected \(3, 2\)"),
+    ],
+)
+def test_operator_basis_rejects_mismatch(operator, near_basis, edit, operator_passed, message):
+    entries, record = encode("W", near_basis, "int8", operator)
+    edit(entries, record)
+
+    with pytest.raises(ValueError, match=message):
+        decode("W", entries, record, "card.json", operator if operator_passed else None)
