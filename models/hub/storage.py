@@ -59,9 +59,9 @@ def _q_max(codec: str) -> int:
     return 2 ** (INTEGER_BITS[codec] - 1) - 1
 
 
-def _check_codec(codec: Any, where: str) -> None:
+def _check_codec(codec: Any, where: str, hint: str = "") -> None:
     if codec not in CODECS:
-        raise ValueError(f"{where} names the storage codec {codec!r}; expected one of {', '.join(CODECS)}.")
+        raise ValueError(f"{where} names the storage codec {codec!r}; expected one of {', '.join(CODECS)}.{hint}")
 
 
 def operator_basis(operator: Tensor | None, shape: tuple[int, ...] | torch.Size) -> Tensor | None:
@@ -123,7 +123,7 @@ def decode(key: str, entries: dict[str, Tensor], record: Any, where: str, operat
     if not isinstance(record, dict):
         raise ValueError(f"{where}: the storage record of {key!r} must be an object, got {record!r}. {RESTORE_HINT}")
     codec = record.get("codec")
-    _check_codec(codec, f"{where}, tensor {key!r},")
+    _check_codec(codec, f"{where}, tensor {key!r},", f" {RESTORE_HINT}")
     if codec in FLOAT_DTYPES:
         tensor = _entry(entries, key, FLOAT_DTYPES[codec], where)
         return tensor.to(torch.float32)
@@ -147,7 +147,7 @@ def decode(key: str, entries: dict[str, Tensor], record: Any, where: str, operat
             f"found {q.numel()} and {scale.numel()}. {RESTORE_HINT}"
         )
     if numel and (q.min().item() < -_q_max(codec) or q.max().item() > _q_max(codec)):
-        raise ValueError(f"{where}: tensor {key!r} holds integers outside ±{_q_max(codec)}, which {codec} never writes. {RESTORE_HINT}")
+        raise ValueError(f"{where}: tensor {key!r} contains integers outside ±{_q_max(codec)}, which is invalid for {codec}. {RESTORE_HINT}")
     values = (q.reshape(-1, size).to(torch.float64) * scale.reshape(-1, 1).to(torch.float64)).reshape(shape)
     if "basis" in record:
         values = values + _decode_basis(key, entries, record, where, operator)
@@ -184,7 +184,7 @@ def decode_state(entries: dict[str, Tensor], records: Any, where: str, operator:
     an object or a record does not fit.
     """
     if not isinstance(records, dict):
-        raise ValueError(f"{where}: 'weights_storage' must map tensor names to storage records, got {records!r}.")
+        raise ValueError(f"{where}: 'weights_storage' must map tensor names to storage records, got {records!r}. {RESTORE_HINT}")
     state = dict(entries)
     for key, record in records.items():
         tensor = decode(key, entries, record, where, operator)
