@@ -61,9 +61,11 @@ def round_large_tensors(network: UnrolledISTA, codec: str) -> UnrolledISTA:
 
 @dataclass
 class StorageChoice:
-    """The network as it will be stored, its codec, its test metrics, and the shift storage caused.
+    """The network as it loads after storage, its codec, its test metrics, and the shift storage caused.
 
-    ``shifts_db`` holds the shift measured for each codec tried, smallest codec first.
+    ``network`` is for measuring: pass the network before rounding, with ``codec``, to
+    :func:`export_model`, which rounds it again in the same way. ``shifts_db`` holds the shift
+    measured for each codec tried, smallest codec first.
     """
 
     network: UnrolledISTA

@@ -92,7 +92,7 @@ def read_card(card_path: Path) -> dict[str, Any]:
             "registers this network (models.registry.register_network) before loading, or correct the card."
         )
     card_format = card.get("format", 1)
-    if not isinstance(card_format, int) or not 1 <= card_format <= CARD_FORMAT:
+    if isinstance(card_format, bool) or not isinstance(card_format, int) or not 1 <= card_format <= CARD_FORMAT:
         raise ValueError(
             f"model card {card_path} has format {card_format!r}; this version of unrolled-zoo reads formats 1 to "
             f"{CARD_FORMAT}. Update unrolled-zoo to load it."
@@ -198,8 +198,9 @@ def check_sha256(weights_path: Path, card: dict[str, Any], card_path: Path) -> N
 def load_card_and_network(card_path: Path, name: str, problem: Problem | dict[str, Any] | None = None) -> LoadedModel:
     """Load the network described by ``card_path`` after checking the card and the sha256 of its weights file.
 
-    With ``problem`` (a :class:`~unrolled.problems.Problem` or its spec dict), the operator stored in
-    the weights must have the shape of ``problem.A`` (``ValueError`` otherwise), and the returned
+    With ``problem`` (a :class:`~unrolled.problems.Problem` or its spec dict), the operator the model
+    was trained with (regenerated from the card, or read from the weights of a format-1 card) must
+    have the shape of ``problem.A`` (``ValueError`` otherwise), and the returned
     :attr:`LoadedModel.problem` is that problem. Without it the problem is rebuilt from the card.
     """
     card = read_card(card_path)
@@ -218,7 +219,13 @@ def load_card_and_network(card_path: Path, name: str, problem: Problem | dict[st
         check_operator_matches(name, A, card, problem)
     network = build_network(card["network"], A, card["n_layers"], **card["network_kwargs"])
     # load_state_dict casts float16 weights of format-2 cards to the network's dtype.
-    network.load_state_dict({**state, "A": A}, strict=True)
+    try:
+        network.load_state_dict({**state, "A": A}, strict=True)
+    except RuntimeError as error:
+        raise ValueError(
+            f"the weights in {weights_path} do not fit the network {card['network']!r} that the card {card_path} describes: "
+            f"{str(error).strip().rstrip('.')}. Restore the card and its weights file, or re-export the model."
+        ) from error
     network.eval()
     return LoadedModel(name=name, network=network, problem=problem, card=card)
 
@@ -248,7 +255,7 @@ def pretrained_card_path(name: str) -> Path:
 def load_pretrained(name: str, problem: Problem | dict[str, Any] | None = None) -> LoadedModel:
     """Load the shipped model ``name`` (see :func:`list_pretrained`) offline, with sha256 verification.
 
-    ``problem``: the problem the network is meant for, checked against the stored operator (see
+    ``problem``: the problem the network is meant for, checked against the model's operator (see
     :func:`load_card_and_network`).
     """
     return load_card_and_network(pretrained_card_path(name), name, problem)

@@ -44,7 +44,7 @@ FLOAT_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 # Names of the basis matrices of a tensor of the operator's shape, in the order of its coefficients.
 BASIS = ("A", "alista_weight")
 # A group is the largest divisor of the last axis from MIN_GROUP_SIZE to MAX_GROUP_SIZE (50 for 500
-# columns, 64 for 512), or the whole last axis when none divides it (a prime number of columns).
+# columns, 64 for 512), or the whole last axis when no number in that range divides it (131 or 134).
 MIN_GROUP_SIZE, MAX_GROUP_SIZE = 16, 64
 
 
@@ -124,11 +124,12 @@ def decode(key: str, entries: dict[str, Tensor], record: Any, where: str, operat
         raise ValueError(f"{where}: the storage record of {key!r} must be an object, got {record!r}. {RESTORE_HINT}")
     codec = record.get("codec")
     _check_codec(codec, f"{where}, tensor {key!r},", f" {RESTORE_HINT}")
+    _check_entry_names(key, entries, record, where)
     if codec in FLOAT_DTYPES:
         tensor = _entry(entries, key, FLOAT_DTYPES[codec], where)
         return tensor.to(torch.float32)
     shape, size = record.get("shape"), record.get("group_size")
-    if not (isinstance(shape, list) and all(isinstance(n, int) and n >= 0 for n in shape) and isinstance(size, int) and size > 0):
+    if not (isinstance(shape, list) and all(_is_count(n) for n in shape) and _is_count(size) and size > 0):
         raise ValueError(f"{where}: tensor {key!r} needs a list of sizes 'shape' and a positive 'group_size', got {record}. {RESTORE_HINT}")
     numel = int(torch.Size(shape).numel())
     if numel % size:
@@ -146,6 +147,8 @@ def decode(key: str, entries: dict[str, Tensor], record: Any, where: str, operat
             f"{where}: tensor {key!r} of shape {shape} in groups of {size} needs {numel} integers and {numel // size} scales, "
             f"found {q.numel()} and {scale.numel()}. {RESTORE_HINT}"
         )
+    if not bool(torch.isfinite(scale).all()) or bool((scale < 0).any()):
+        raise ValueError(f"{where}: entry '{key}.scale' contains negative or non-finite scales. {RESTORE_HINT}")
     if numel and (q.min().item() < -_q_max(codec) or q.max().item() > _q_max(codec)):
         raise ValueError(f"{where}: tensor {key!r} contains integers outside ±{_q_max(codec)}, which is invalid for {codec}. {RESTORE_HINT}")
     values = (q.reshape(-1, size).to(torch.float64) * scale.reshape(-1, 1).to(torch.float64)).reshape(shape)
@@ -202,11 +205,14 @@ def _combine(coefficients: Tensor, flat_basis: Tensor, shape: tuple[int, ...] | 
 def _decode_basis(key: str, entries: dict[str, Tensor], record: dict[str, Any], where: str, operator: Tensor | None) -> Tensor:
     if record["basis"] != list(BASIS):
         raise ValueError(f"{where}: tensor {key!r} names the basis {record['basis']!r}; expected {list(BASIS)}. {RESTORE_HINT}")
+    if operator is None:
+        raise ValueError(f"{where}: tensor {key!r} is coded on the operator basis, but no operator was passed to decode it.")
     basis = operator_basis(operator, record["shape"])
     if basis is None:
         raise ValueError(
-            f"{where}: tensor {key!r} of shape {record['shape']} is coded on the operator basis, but the operator "
-            f"{'is missing' if operator is None else f'has shape {tuple(operator.shape)}'}. Load it with the problem of its card."
+            f"{where}: tensor {key!r} of shape {record['shape']} is coded on the operator basis, but the card's operator "
+            f"has shape {tuple(operator.shape)}, which only a tensor of shape [..., {operator.shape[0]}, {operator.shape[1]}] "
+            f"can be coded on. {RESTORE_HINT}"
         )
     coefficients = _entry(entries, f"{key}.basis", torch.float32, where)
     flat_basis = basis.reshape(2, -1)
@@ -216,6 +222,29 @@ def _decode_basis(key: str, entries: dict[str, Tensor], record: dict[str, Any], 
             f"{where}: entry '{key}.basis' has shape {tuple(coefficients.shape)}, expected {(slices, len(BASIS))}. {RESTORE_HINT}"
         )
     return _combine(coefficients, flat_basis, record["shape"])
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_entry_names(key: str, entries: dict[str, Tensor], record: dict[str, Any], where: str) -> None:
+    """Raise ``ValueError`` when the weights file holds an entry of tensor ``key`` that ``record`` does not use.
+
+    Without this check, deleting ``basis`` from a record would load the residual as the whole matrix.
+    """
+    codec = record["codec"]
+    if codec in FLOAT_DTYPES:
+        expected = {key}
+    else:
+        expected = {f"{key}.{codec}", f"{key}.scale"} | ({f"{key}.basis"} if "basis" in record else set())
+    candidates = {key, f"{key}.int8", f"{key}.int4", f"{key}.scale", f"{key}.basis"}
+    unused = sorted((candidates & entries.keys()) - expected)
+    if unused:
+        raise ValueError(
+            f"{where}: the weights file holds {', '.join(map(repr, unused))}, which the storage record {record} of "
+            f"tensor {key!r} does not use. {RESTORE_HINT}"
+        )
 
 
 def _entry(entries: dict[str, Tensor], name: str, dtype: torch.dtype, where: str) -> Tensor:

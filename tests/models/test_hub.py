@@ -287,11 +287,12 @@ def test_card_with_unknown_codec_loads_nothing(tmp_path, small_problem, perturbe
         load_run(tmp_path)
 
 
-def test_card_of_newer_format(tmp_path, network, small_problem):
+@pytest.mark.parametrize("card_format", [CARD_FORMAT + 1, 0, True, "3"])
+def test_card_of_unknown_format(tmp_path, network, small_problem, card_format):
     card_path = _export(tmp_path, network, small_problem)
-    _edit_card(card_path, format=CARD_FORMAT + 1)
+    _edit_card(card_path, format=card_format)
 
-    with pytest.raises(ValueError, match=rf"has format {CARD_FORMAT + 1}; this version of unrolled-zoo reads formats 1 to {CARD_FORMAT}"):
+    with pytest.raises(ValueError, match=rf"has format {card_format!r}; this version of unrolled-zoo reads formats 1 to {CARD_FORMAT}"):
         load_run(tmp_path)
 
 
@@ -773,3 +774,11 @@ def test_timm_pretrained_rejects_overrides(small_problem):
         ValueError, match="takes the operator, depth and network arguments from the checkpoint's card, got A, n_layers, reg"
     ):
         timm.create_model("alista_t16.sc250x500_noiseless", pretrained=True, A=small_problem.A, n_layers=4, reg=0.1)
+
+
+def test_card_without_storage_record_loads_nothing(tmp_path, small_problem, perturbed_lista_cp):
+    export_model(tmp_path, "lista_cp", perturbed_lista_cp, {"reg": 0.2}, small_problem, {}, codec="int4")
+    _edit_card(tmp_path / CARD_FILE, weights_storage={})
+
+    with pytest.raises(ValueError, match=r"(?s)do not fit the network .lista_cp. .*Missing key.*Restore the card and its weights file"):
+        load_run(tmp_path)

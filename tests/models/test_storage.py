@@ -146,7 +146,7 @@ def test_operator_basis_only_for_its_shape(operator, near_basis):
 @pytest.mark.parametrize(
     ("edit", "operator_passed", "message"),
     [
-        (lambda entries, record: None, False, r"is coded on the operator basis, but the operator is missing"),
+        (lambda entries, record: None, False, r"is coded on the operator basis, but no operator was passed"),
         (lambda entries, record: record.update(basis=["A"]), True, r"names the basis \['A'\]; expected \['A', 'alista_weight'\]"),
         (lambda entries, record: entries.update({"W.basis": entries["W.basis"][:2]}), True, r"'W.basis' has shape \(2, 2\), expected \(3, 2\)"),
     ],
@@ -157,3 +157,28 @@ def test_operator_basis_rejects_mismatch(operator, near_basis, edit, operator_pa
 
     with pytest.raises(ValueError, match=message):
         decode("W", entries, record, "card.json", operator if operator_passed else None)
+
+
+def test_decode_rejects_unused_basis(operator, near_basis):
+    """A record stripped of its basis would load the residual as the matrix, so the unused entry is an error."""
+    entries, record = encode("W", near_basis, "int4", operator)
+    del record["basis"]
+
+    with pytest.raises(ValueError, match=r"holds 'W.basis', which the storage record .* does not use"):
+        decode("W", entries, record, "card.json", operator)
+
+
+def test_decode_rejects_bad_scales(weights):
+    entries, record = encode("W", weights, "int8")
+    entries["W.scale"][3] = float("nan")
+
+    with pytest.raises(ValueError, match=r"'W.scale' contains negative or non-finite scales"):
+        decode("W", entries, record, "card.json")
+
+
+def test_operator_basis_shape_edited(operator, near_basis):
+    entries, record = encode("W", near_basis, "int8", operator)
+    record["shape"] = [3, 40, 20]
+
+    with pytest.raises(ValueError, match=r"only a tensor of shape \[\.\.\., 20, 40\] can be coded on\. The card"):
+        decode("W", entries, record, "card.json", operator)
