@@ -120,7 +120,9 @@ def export_model(
 
     The card records the network name and constructor arguments, the problem spec with its seeds, the
     operator's dtype and probes, the sha256 of the weights and everything in ``extra`` (training
-    config, test metrics per layer, training time, hardware). The weights file leaves out the
+    config, test metrics per layer, training time, hardware). ``verify`` and ``list`` read
+    ``extra["test_metrics"]`` (:attr:`StorageChoice.test_metrics`) and ``extra["storage"]``
+    (:meth:`StorageChoice.card_record`). The weights file leaves out the
     operator A, so A must be the problem's up to rounding (``ValueError`` otherwise). The large
     learned tensors are stored with ``codec`` (see :mod:`models.hub.storage`), and the card's
     ``weights_storage`` lists how. Pass the network before any rounding: coding on the operator
