@@ -11,8 +11,9 @@ so every entry moves by at most ``s / 2``. int4 packs two entries per byte. Per 
 float32 scales, int8 takes ``1 + 4/g`` bytes and int4 ``1/2 + 4/g`` bytes, against 4 for float32.
 
 A learned matrix W_k of the operator's shape is close to a combination of A and the analytic
-ALISTA weight (:func:`unrolled.layers.alista.alista_weight`): that is the weight LISTA-CP tends to
-(Liu et al., "ALISTA", ICLR 2019). The integer codecs therefore quantize the residual
+ALISTA weight (:func:`unrolled.layers.alista.alista_weight`), which Liu et al. ("ALISTA", ICLR
+2019) propose in place of the learned weights of LISTA-CP. The integer codecs therefore quantize
+the residual
 
     R_k = W_k - (c_k1 A + c_k2 W_alista),    (c_k1, c_k2) the least-squares fit, stored in float32,
 
@@ -20,8 +21,9 @@ whose largest entries are smaller than those of W_k, so the scales and the round
 too. The loader rebuilds the basis from the regenerated operator.
 
 A weights file holds, for a tensor ``key`` stored with an integer codec, the entries
-``key.int8`` or ``key.int4`` (integers) and ``key.scale`` (float32, one per group). The card lists
-each such tensor with its codec, shape and group size (:func:`encode` returns that record), and
+``key.int8`` or ``key.int4`` (integers), ``key.scale`` (float32, one per group) and, on the basis,
+``key.basis`` (the coefficients). The card lists each such tensor with its codec, shape, group
+size and basis (:func:`encode` returns that record), and
 :func:`decode` rebuilds the float32 tensor from the entries and the record. Decoding checks the
 record against the entries, so an edited card fails with an error instead of loading wrong weights.
 """
