@@ -391,7 +391,7 @@ def test_card_extra_weights_rejected(tmp_path, network, small_problem):
     save_file(tensors, str(tmp_path / WEIGHTS_FILE))
     _edit_card(card_path, sha256=sha256_file(tmp_path / WEIGHTS_FILE))
 
-    with pytest.raises(RuntimeError, match="Unexpected key"):
+    with pytest.raises(ValueError, match=r"(?s)do not fit the network .alista.*Unexpected key.*Restore the card and its weights file"):
         load_run(tmp_path)
 
 
