@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from models.hub import checkpoints_dir
+from models.hub.loading import card_codec
 from unrolled.files import write_atomic
 
 log = logging.getLogger(__name__)
@@ -163,7 +164,7 @@ def collect_entries(folder: Path | None = None) -> list[Entry]:
                     steps,
                     _describe_machine(card.get("machine") or {}),
                     bool((card.get("network_kwargs") or {}).get("tied", False)),
-                    (card.get("storage") or {}).get("codec") or card.get("weights_dtype"),
+                    card_codec(card),
                     weights_mb,
                 )
             )

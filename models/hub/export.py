@@ -64,7 +64,7 @@ class StorageChoice:
     """The network as it loads after storage, its codec, its test metrics, and the shift storage caused.
 
     ``network`` is for measuring: pass the network before rounding, with ``codec``, to
-    :func:`export_model`, which rounds it again in the same way. ``shifts_db`` holds the shift
+    :func:`export_model`, which rounds it again in the same way. ``shifts_db`` contains the shift
     measured for each codec tried, smallest codec first.
     """
 
@@ -75,7 +75,7 @@ class StorageChoice:
     shifts_db: dict[str, float] = field(default_factory=dict)
 
     def card_record(self) -> dict[str, Any]:
-        """The card's ``storage`` field."""
+        """Return the card's ``storage`` field."""
         return {"codec": self.codec, "rounding_shift_db": self.rounding_shift_db, "shifts_db": self.shifts_db}
 
 
@@ -87,8 +87,8 @@ def choose_storage(
     The network as given and its copies rounded by int4, int8 and float16, in that order, are
     measured on the test set. The first copy whose aggregate NMSE at the last layer is within
     ``tolerance_db`` of the original's is kept, and float32 if none is. ``prior_shift_db`` is the shift the
-    given network already carries from an earlier storage (when a shipped checkpoint is repacked);
-    it counts against the tolerance and is included in the reported shifts. A network without
+    given network already carries from an earlier storage, when a shipped checkpoint is repacked.
+    It counts against the tolerance and is included in the reported shifts. A network without
     large tensors is kept in float32 untried. The returned test metrics are those of the network
     that is kept.
     """

@@ -102,6 +102,13 @@ def read_card(card_path: Path) -> dict[str, Any]:
     return card
 
 
+def card_codec(card: dict[str, Any]) -> str | None:
+    """Return the storage codec of a card's large tensors, or None when the card does not name one."""
+    storage = card.get("storage") if isinstance(card.get("storage"), dict) else {}
+    # Format-2 cards name the dtype of their large tensors in weights_dtype.
+    return storage.get("codec") or card.get("weights_dtype")
+
+
 def as_problem(problem: Problem | dict[str, Any]) -> Problem:
     """Return ``problem`` itself, or the problem rebuilt from a spec dict (see :meth:`Problem.spec`)."""
     if isinstance(problem, Problem):

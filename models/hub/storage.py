@@ -193,7 +193,7 @@ def decode_state(entries: dict[str, Tensor], records: Any, where: str, operator:
     state = dict(entries)
     for key, record in records.items():
         tensor = decode(key, entries, record, where, operator)
-        for name in (key, f"{key}.int8", f"{key}.int4", f"{key}.scale", f"{key}.basis"):
+        for name in _coded_names(key):
             state.pop(name, None)
         state[key] = tensor
     return state
@@ -208,7 +208,10 @@ def _decode_basis(key: str, entries: dict[str, Tensor], record: dict[str, Any], 
     if record["basis"] != list(BASIS):
         raise ValueError(f"{where}: tensor {key!r} names the basis {record['basis']!r}; expected {list(BASIS)}. {RESTORE_HINT}")
     if operator is None:
-        raise ValueError(f"{where}: tensor {key!r} is coded on the operator basis, but no operator was passed to decode it.")
+        raise ValueError(
+            f"{where}: tensor {key!r} is coded on the operator basis, but no operator was passed to decode it. "
+            "Pass the operator A of the card's problem."
+        )
     basis = operator_basis(operator, record["shape"])
     if basis is None:
         raise ValueError(
@@ -230,8 +233,13 @@ def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+def _coded_names(key: str) -> tuple[str, ...]:
+    """Return every weights-file entry name that any codec may use for tensor ``key``."""
+    return key, f"{key}.int8", f"{key}.int4", f"{key}.scale", f"{key}.basis"
+
+
 def _check_entry_names(key: str, entries: dict[str, Tensor], record: dict[str, Any], where: str) -> None:
-    """Raise ``ValueError`` when the weights file holds an entry of tensor ``key`` that ``record`` does not use.
+    """Raise ``ValueError`` when the weights file contains an entry of tensor ``key`` that ``record`` does not use.
 
     Without this check, deleting ``basis`` from a record would load the residual as the whole matrix.
     """
@@ -240,11 +248,10 @@ def _check_entry_names(key: str, entries: dict[str, Tensor], record: dict[str, A
         expected = {key}
     else:
         expected = {f"{key}.{codec}", f"{key}.scale"} | ({f"{key}.basis"} if "basis" in record else set())
-    candidates = {key, f"{key}.int8", f"{key}.int4", f"{key}.scale", f"{key}.basis"}
-    unused = sorted((candidates & entries.keys()) - expected)
+    unused = sorted((set(_coded_names(key)) & entries.keys()) - expected)
     if unused:
         raise ValueError(
-            f"{where}: the weights file holds {', '.join(map(repr, unused))}, which the storage record {record} of "
+            f"{where}: the weights file contains {', '.join(map(repr, unused))}, which the storage record {record} of "
             f"tensor {key!r} does not use. {RESTORE_HINT}"
         )
 

@@ -11,7 +11,7 @@ from typing import Any
 from safetensors import SafetensorError
 
 from models.hub.export import measure_test_metrics
-from models.hub.loading import checkpoints_dir, list_pretrained, load_pretrained
+from models.hub.loading import card_codec, checkpoints_dir, list_pretrained, load_pretrained
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,6 @@ def summarize_checkpoint(name: str) -> CheckpointSummary:
     per_layer = card.get("test_metrics", {}).get("per_layer", {})
     weights_path = card_path.parent / str(card.get("weights_file", ""))
     weights_mb = weights_path.stat().st_size / 1e6 if card.get("weights_file") and weights_path.is_file() else None
-    storage = card.get("storage") if isinstance(card.get("storage"), dict) else {}
     return CheckpointSummary(
         name=name,
         network=card.get("network"),
@@ -106,8 +105,7 @@ def summarize_checkpoint(name: str) -> CheckpointSummary:
         nmse_db=_last(per_layer.get("nmse_db")),
         nmse_db_per_sample=_last(per_layer.get("nmse_db_per_sample")),
         weights_mb=weights_mb,
-        # Format-2 cards name the dtype of their large tensors in weights_dtype.
-        codec=storage.get("codec") or card.get("weights_dtype"),
+        codec=card_codec(card),
     )
 
 

@@ -258,8 +258,8 @@ def test_storage_codec_round_trip(tmp_path, small_problem, measurements, perturb
     assert measure_test_metrics(loaded.network, small_problem) == storage.test_metrics
 
 
-def test_storage_picks_smallest_codec_within_tolerance(small_problem, perturbed_lista_cp):
-    """With the tolerance between the int8 and int4 shifts, int8 is kept; a prior shift counts against the tolerance."""
+def test_storage_smallest_codec_within_tolerance(small_problem, perturbed_lista_cp):
+    """With the tolerance between the int8 and int4 shifts, int8 is kept. A prior shift counts against the tolerance."""
     shifts = {
         codec: _last_layer_shift(perturbed_lista_cp, round_large_tensors(perturbed_lista_cp, codec), small_problem)
         for codec in ("int4", "int8")
@@ -277,7 +277,7 @@ def test_storage_picks_smallest_codec_within_tolerance(small_problem, perturbed_
     assert prior.shifts_db["int8"] == pytest.approx(10 * tolerance + 1 + shifts["int8"], abs=1e-12)
 
 
-def test_card_with_unknown_codec_loads_nothing(tmp_path, small_problem, perturbed_lista_cp):
+def test_card_unknown_codec_rejected(tmp_path, small_problem, perturbed_lista_cp):
     export_model(tmp_path, "lista_cp", perturbed_lista_cp, {"reg": 0.2}, small_problem, {}, codec="int8")
     card = json.loads((tmp_path / CARD_FILE).read_text())
     card["weights_storage"]["W"]["codec"] = "pickle"
@@ -776,7 +776,7 @@ def test_timm_pretrained_rejects_overrides(small_problem):
         timm.create_model("alista_t16.sc250x500_noiseless", pretrained=True, A=small_problem.A, n_layers=4, reg=0.1)
 
 
-def test_card_without_storage_record_loads_nothing(tmp_path, small_problem, perturbed_lista_cp):
+def test_card_without_storage_record(tmp_path, small_problem, perturbed_lista_cp):
     export_model(tmp_path, "lista_cp", perturbed_lista_cp, {"reg": 0.2}, small_problem, {}, codec="int4")
     _edit_card(tmp_path / CARD_FILE, weights_storage={})
 

@@ -93,7 +93,7 @@ def test_state_round_trip(weights):
         (lambda entries, record: entries["W.int4"].__setitem__(0, 0), r"integers outside ±7"),
     ],
 )
-def test_decode_rejects_records_that_do_not_fit(weights, edit, message):
+def test_decode_rejects_mismatched_record(weights, edit, message):
     entries, record = encode("W", weights, "int4")
     edit(entries, record)
 
@@ -164,7 +164,7 @@ def test_decode_rejects_unused_basis(operator, near_basis):
     entries, record = encode("W", near_basis, "int4", operator)
     del record["basis"]
 
-    with pytest.raises(ValueError, match=r"holds 'W.basis', which the storage record .* does not use"):
+    with pytest.raises(ValueError, match=r"contains 'W.basis', which the storage record .* does not use"):
         decode("W", entries, record, "card.json", operator)
 
 
